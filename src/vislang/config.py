@@ -1,0 +1,225 @@
+"""The experiment file: pydantic models holding every default, loading, merging and ``--set`` overrides.
+
+An experiment is one YAML file with ``task``, ``data``, ``model``, ``train`` and ``eval`` sections.
+Every default lives here and is written into the run's ``config.yaml``, so a run can be
+re-created from that file alone. Unknown keys are errors naming the key, the file and the
+closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vislang.errors import VislangError, did_you_mean
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Section):
+    """Batched augmentation applied to whole batches as tensors on the training device."""
+
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels; 0 = off")
+    translate: int = Field(0, ge=0, description="random translation by up to this many pixels (reflect padding); 0 = off")
+    flip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    cutout: int = Field(0, ge=0, description="side in pixels of one random square set to zero; 0 = off")
+
+
+class DataConfig(Section):
+    dataset: str = Field("cifar10", description="registered dataset name (vislang data list)")
+    path: str | None = Field(None, description="file or folder for path-based datasets (image_folder, image_csv, npz); relative to the config file")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the dataset entry")
+    image_size: int | tuple[int, int] | None = Field(None, description="resize to this size when decoding (int or [h, w]); null keeps the dataset's own size")
+    channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB; images are converted when decoded")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="validation fraction carved (stratified, seeded) from train when the dataset has no val split")
+    subset: dict[str, int] = Field(default_factory=dict, description="cap per split, e.g. {train: 5000, test: 1000}; stratified and seeded")
+    skip_corrupt: bool = Field(False, description="skip unreadable images (counted in the log) instead of stopping")
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    normalize: Literal["dataset", "none"] = Field("dataset", description="standardise with the train split's per-channel mean/std")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if len(v) != 2 or min(v) < 1:
+                raise ValueError("image_size must be an int or [height, width] of positive ints")
+            return (int(v[0]), int(v[1]))
+        if v is not None and v < 1:
+            raise ValueError("image_size must be positive")
+        return v
+
+
+class ModelConfig(BaseModel):
+    """``name`` picks a registered model; every other key is that model's keyword argument."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = Field("cnn", description="registered model name (vislang models list)")
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EarlyStopConfig(Section):
+    monitor: str | None = Field(None, description="metric to watch, e.g. val/loss or val/acc; null = no early stopping")
+    patience: int = Field(5, ge=1)
+    mode: Literal["min", "max", "auto"] = "auto"
+
+
+class EmaConfig(Section):
+    decay: float = Field(0.0, ge=0.0, lt=1.0, description="exponential moving average of weights used for evaluation; 0 = off")
+    every: int = Field(5, ge=1, description="update the average every this many steps")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["none", "onecycle", "cosine", "step", "plateau"] = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up length in epochs (cosine, step, none); onecycle uses pct_start")
+    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent rising to lr")
+    step_size: int = Field(30, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step/plateau: decay factor")
+    plateau_patience: int = Field(3, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip gradient norm to this value")
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field("auto", description="auto = 16-mixed on CUDA, 32 elsewhere")
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    devices: int = Field(1, ge=1, description="data-parallel devices (DDP when > 1)")
+    channels_last: bool = True
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = all cores")
+    early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    checkpoint_monitor: str = Field("val/acc", description="metric that picks the best checkpoint")
+    ema: EmaConfig = Field(default_factory=EmaConfig)
+
+
+class EvalConfig(Section):
+    split: str = Field("test", description="split evaluated at the end of training")
+    tta_flip: bool = Field(False, description="average predictions over the image and its mirror")
+    top_k: int = Field(5, ge=1)
+    checkpoint: Literal["best", "last"] = "best"
+
+
+class ExperimentConfig(Section):
+    name: str = Field("experiment", description="run name; the run goes to <output_dir>/<name>")
+    task: Literal["image_classification"] = "image_classification"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and overrides
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values are YAML scalars/lists: 0.1 → float, true → bool, [1,2] → list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` assignment to a raw config dict in place."""
+    if "=" not in assignment:
+        raise VislangError(f"--set '{assignment}' must look like key.path=value, e.g. train.lr=0.01")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise VislangError(f"--set {key}: '{part}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = _parse_value(value)
+
+
+def _section_fields(path: tuple[Any, ...]) -> list[str]:
+    """Valid field names at a location of the config, for 'did you mean' hints."""
+    model: Any = ExperimentConfig
+    for part in path:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), _section_fields(loc[:-1]))
+            valid = ", ".join(_section_fields(loc[:-1]))
+            lines.append(f"unknown key '{key}'.{hint} Valid keys here: {valid}.")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r}).")
+    return f"Invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def build_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise VislangError(_explain(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (or start from defaults when ``path`` is None) and apply overrides.
+
+    A relative ``data.path`` is resolved against the config file's folder.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise VislangError(f"Config file {p} does not exist. Give the path of a YAML experiment file.")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise VislangError(f"Config file {p} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise VislangError(f"Config file {p} must hold a mapping of sections (task, data, model, train, eval).")
+        data = raw.get("data")
+        if isinstance(data, dict) and data.get("path") and not Path(data["path"]).is_absolute():
+            resolved = (p.parent / data["path"]).resolve()
+            if resolved.exists() or not Path(data["path"]).exists():
+                data["path"] = str(resolved)
+    raw = copy.deepcopy(raw)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return build_config(raw, source)
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    from vislang.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
