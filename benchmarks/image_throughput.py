@@ -1,0 +1,151 @@
+"""Training throughput (images/s): vislang vs a plain PyTorch pipeline vs the compute-only limit.
+
+For each recipe model (configs/cifar10_mlp.yaml, cifar10_cnn.yaml, cifar10_fast.yaml), on the same
+extracted CIFAR-10 training images, same model, batch size, augmentation (random crop with padding +
+horizontal flip) and precision:
+
+* vislang   – ``vislang train`` itself (decoded uint8 store, batched augmentation on the device,
+              Lightning loop); images/s of the last epoch's training steps, read from history.csv.
+* plain     – torchvision ``ImageFolder`` + PIL transforms + ``DataLoader(num_workers=2)``, a hand
+              written loop with the same optimiser: what a notebook does.
+* compute   – forward + backward + optimiser step on one batch already in memory: the limit.
+
+Run:  python benchmarks/image_throughput.py [--images 10000] [--models mlp,cnn,fast]
+Needs VISLANG_MIRROR (e.g. ../shared/data) or a network connection for CIFAR-10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vislang.config import ExperimentConfig, load_config
+from vislang.run import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"mlp": "cifar10_mlp.yaml", "cnn": "cifar10_cnn.yaml", "fast": "cifar10_fast.yaml"}
+
+
+def autocast(cfg: ExperimentConfig):
+    if cfg.train.precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_model(cfg: ExperimentConfig) -> nn.Module:
+    model = build_model(cfg, 10, (3, 32, 32))
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr / 10, momentum=t.momentum, nesterov=t.nesterov,
+                               weight_decay=t.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=t.lr / 10, weight_decay=t.weight_decay)
+
+
+def step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg) -> None:
+    with autocast(cfg):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def compute_only(cfg: ExperimentConfig, n_images: int) -> float:
+    bs = cfg.data.batch_size
+    model, x = make_model(cfg), torch.randn(bs, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (bs,))
+    opt = make_optimizer(cfg, model)
+    model.train()
+    for _ in range(3):
+        step(model, opt, x, y, cfg)
+    steps = max(1, n_images // bs)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(model, opt, x, y, cfg)
+    return steps * bs / (time.perf_counter() - t0)
+
+
+def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int) -> float:
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.RandomCrop(32, padding=cfg.data.augment.crop_padding),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
+    ])
+    ds = datasets.ImageFolder(str(train_dir), transform=tf)
+    ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n_images].tolist())
+    loader = DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=True, num_workers=2, drop_last=True,
+                        persistent_workers=True)
+    model = make_model(cfg)
+    opt = make_optimizer(cfg, model)
+    model.train()
+    rate = 0.0
+    for epoch in range(2):  # epoch 0 warms up workers and kernels; epoch 1 is measured
+        seen, t0 = 0, time.perf_counter()
+        for x, y in loader:
+            step(model, opt, x.contiguous(memory_format=torch.channels_last), y, cfg)
+            seen += len(y)
+        rate = seen / (time.perf_counter() - t0)
+    return rate
+
+
+def vislang_rate(cfg: ExperimentConfig, n_images: int, out: Path) -> float:
+    from vislang.run import train
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.name, cfg.output_dir = f"bench_{cfg.name}", str(out)
+    cfg.data.subset = {"train": n_images, "test": 500}
+    cfg.data.val_fraction = 0.0
+    cfg.train.epochs = 2  # epoch 0 warms up; epoch 1 is measured
+    cfg.train.early_stopping.monitor = None
+    run = train(cfg, quiet=True)
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[-1]["images_per_s"])
+
+
+def cifar_train_dir() -> Path:
+    from vislang.data.registry import create_dataset
+
+    items = create_dataset("cifar10", format="jpg").splits["train"].items
+    return Path(items[0]).parents[1]  # .../train/<class>/<image>.jpg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=10000, help="training images per measured epoch")
+    ap.add_argument("--models", default="mlp,cnn,fast")
+    args = ap.parse_args()
+    train_dir = cifar_train_dir()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, images per epoch: {args.images}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.models.split(","):
+            cfg = load_config(ROOT / "configs" / RECIPES[key])
+            v = vislang_rate(cfg, args.images, Path(tmp))
+            p = plain_pytorch(cfg, train_dir, args.images)
+            c = compute_only(cfg, args.images)
+            rows.append((key, cfg.data.batch_size, cfg.train.precision, v, p, c))
+            print(f"  {key}: vislang {v:.0f}  plain {p:.0f}  compute-only {c:.0f} images/s", flush=True)
+    print()
+    print(f"{'model':6} {'batch':>5} {'precision':>10} {'vislang':>9} {'plain':>9} {'compute':>9} "
+          f"{'vislang/plain':>14} {'vislang/compute':>16}")
+    for key, bs, prec, v, p, c in rows:
+        print(f"{key:6} {bs:5d} {prec:>10} {v:9.0f} {p:9.0f} {c:9.0f} {v / p:13.2f}x {v / c:15.1%}")
+
+
+if __name__ == "__main__":
+    main()

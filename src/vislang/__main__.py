@@ -1,0 +1,3 @@
+from vislang.cli import main
+
+main()

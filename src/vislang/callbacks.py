@@ -1,0 +1,102 @@
+"""Lightning callbacks of a run: per-epoch history file and a progress bar showing images/s."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+from vislang.io import atomic_write_text
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class HistoryWriter(Callback):
+    """Writes ``history.csv`` (one row per epoch: train/val loss and metrics, lr, time, images/s).
+
+    The file is rewritten atomically after every epoch, so a killed run keeps every finished epoch,
+    and a resumed run continues it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self._t0 = self._t_last = 0.0
+        self._seen = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = trainer.current_epoch  # > 0 when resuming from a checkpoint
+        self.rows = [r for r in read_history(self.path) if r.get("epoch") is not None and r["epoch"] < start]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._seen += len(batch[-1])
+        self._t_last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after validation in Lightning 2.x, so callback_metrics hold both train and val figures.
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        # training time only: up to the last training batch, before the validation loop
+        elapsed = self._t_last - self._t0
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key.endswith("_step"):
+                continue
+            row[key.removesuffix("_epoch")] = round(float(value), 6)
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        row["epoch_time_s"] = round(elapsed, 3)
+        row["images_per_s"] = round(self._seen / elapsed, 1) if elapsed > 0 else None
+        self.rows.append(row)
+        write_history(self.path, self.rows)
+
+
+class ThroughputBar(TQDMProgressBar):
+    """Lightning's tqdm bar (rate and ETA) plus the training throughput in images per second."""
+
+    def __init__(self) -> None:
+        super().__init__(refresh_rate=5)
+        self._t0 = 0.0
+        self._seen = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._t0, self._seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._seen += len(batch[-1])
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        elapsed = time.perf_counter() - self._t0
+        if self._seen and elapsed > 0:
+            items["img/s"] = f"{self._seen / elapsed:.0f}"
+        return items

@@ -1,0 +1,222 @@
+"""Training an experiment into a run directory, and rebuilding a trained model from one.
+
+A run directory holds everything later commands need, so nothing after training reaches
+back into training code::
+
+    runs/<name>/config.yaml      the fully resolved config (re-creates the run)
+                data.json        classes, input shape, normalisation, split sizes and class counts
+                run.json         status, device, times, parameter count
+                history.csv      one row per epoch
+                checkpoints/     best.ckpt, last.ckpt
+                metrics.json     final metrics per evaluated split
+                predictions_<split>.csv, plots/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+
+from vislang.callbacks import HistoryWriter, ThroughputBar
+from vislang.config import ExperimentConfig, load_config, save_config
+from vislang.errors import VislangError
+from vislang.io import atomic_write_json
+from vislang.tasks.classification import ClassificationTask, metric_mode
+
+
+def unique_run_dir(output_dir: str | Path, name: str) -> Path:
+    """``output_dir/name``, or ``name-2``, ``name-3`` ... when that run already exists (never overwrite)."""
+    base = Path(output_dir) / name
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{name}-{i}")
+    return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VislangError(f"{path} is missing: is {path.parent} a vislang run directory?") from None
+    except json.JSONDecodeError as err:
+        raise VislangError(f"{path} is not valid JSON ({err}); the run directory is damaged.") from None
+
+
+def _precision(cfg: ExperimentConfig, accelerator: str) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    if accelerator == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _accelerator(cfg: ExperimentConfig) -> str:
+    acc = cfg.train.accelerator
+    if acc == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if acc == "cuda" and not torch.cuda.is_available():
+        raise VislangError("train.accelerator is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+    return acc
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+    from vislang.models import create_model
+
+    c, h, w = input_shape
+    return create_model(cfg.model.name, num_classes=num_classes, in_channels=c, image_size=(h, w),
+                        **cfg.model.kwargs())
+
+
+def check_model_config(cfg: ExperimentConfig) -> None:
+    """Fail fast (before any data is decoded) on an unknown model name or option."""
+    from vislang.models import MODELS
+
+    MODELS.get(cfg.model.name).check_kwargs(cfg.model.kwargs(), "Model")
+
+
+def build_task(cfg: ExperimentConfig, info: dict[str, Any]) -> ClassificationTask:
+    """The task (model + batch transform) for a config and a run's ``data.json`` facts."""
+    from vislang.data.augment import BatchTransform
+
+    model = build_model(cfg, len(info["classes"]), tuple(info["input_shape"]))
+    transform = BatchTransform(cfg.data.augment, info["mean"], info["std"])
+    return ClassificationTask(model, cfg, len(info["classes"]), transform=transform)
+
+
+def data_info(dm: Any) -> dict[str, Any]:
+    """The facts about the data a trained model needs (written to data.json; predict reads only this)."""
+    c = dm.input_shape[0]
+    # normalisation constants actually applied: the train split's statistics, or plain 0..1 scaling
+    dataset_stats = dm.cfg.normalize == "dataset"
+    return {
+        "dataset": dm.cfg.dataset,
+        "classes": list(dm.classes),
+        "class_names": list(dm.class_names),
+        "input_shape": list(dm.input_shape),
+        "mean": [float(m) for m in dm.mean] if dataset_stats else [0.0] * c,
+        "std": [float(s) for s in dm.std] if dataset_stats else [255.0] * c,
+        "split_sizes": {k: int(v) for k, v in dm.split_sizes.items()},
+        "class_counts": {k: [int(c) for c in v] for k, v in dm.class_counts.items()},
+    }
+
+
+def _callbacks(cfg: ExperimentConfig, run_dir: Path, has_val: bool) -> list[L.Callback]:
+    t = cfg.train
+    monitor = t.checkpoint_monitor if has_val else "train/loss"
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                        mode=metric_mode(monitor), save_last=True, save_top_k=1, auto_insert_metric_name=False,
+                        enable_version_counter=False),
+        HistoryWriter(run_dir / "history.csv"),
+        ThroughputBar(),
+    ]
+    es = t.early_stopping
+    if es.monitor:
+        mode = metric_mode(es.monitor) if es.mode == "auto" else es.mode
+        callbacks.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=mode))
+    if t.ema.decay > 0:
+        callbacks.append(EMAWeightAveraging(decay=t.ema.decay, update_every_n_steps=t.ema.every))
+    return callbacks
+
+
+def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = False) -> Path:
+    """Train ``cfg`` into a new run directory (or continue ``resume``), evaluate it, return the run path."""
+    from vislang.data.datamodule import ImageDataModule
+    from vislang.evaluate import evaluate_run
+
+    check_model_config(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise VislangError(
+                f"Cannot resume {run_dir}: {ckpt} does not exist (the run stopped before finishing its first "
+                "epoch). Start it again with: vislang train " + str(run_dir / "config.yaml")
+            )
+    else:
+        run_dir = unique_run_dir(cfg.output_dir, cfg.name)
+        ckpt = None
+
+    dm = ImageDataModule(cfg.data, cfg.seed)
+    dm.setup("fit")
+    info = data_info(dm)
+    has_val = dm.split_sizes.get("val", 0) > 0
+    task = build_task(cfg, info)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        save_config(cfg, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "data.json", info)
+    accelerator = _accelerator(cfg)
+    n_params = sum(p.numel() for p in task.model.parameters())
+    status: dict[str, Any] = {
+        "name": run_dir.name, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "accelerator": accelerator, "devices": cfg.train.devices, "torch": torch.__version__,
+        "host": platform.node(), "cpu_threads": torch.get_num_threads(), "params": n_params,
+    }
+    atomic_write_json(run_dir / "run.json", status)
+
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs,
+        accelerator=accelerator,
+        devices=cfg.train.devices,
+        strategy="ddp" if cfg.train.devices > 1 else "auto",
+        precision=_precision(cfg, accelerator),
+        gradient_clip_val=cfg.train.grad_clip,
+        callbacks=_callbacks(cfg, run_dir, has_val),
+        logger=False,
+        default_root_dir=run_dir,
+        deterministic="warn",
+        num_sanity_val_steps=0,
+        enable_model_summary=not quiet,
+        enable_progress_bar=not quiet,
+        limit_val_batches=1.0 if has_val else 0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
+    train_time = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return run_dir
+    status.update(status="trained", train_time_s=round(train_time, 2), epochs_done=trainer.current_epoch,
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_json(run_dir / "run.json", status)
+    evaluate_run(run_dir, splits=["val", cfg.eval.split] if has_val else [cfg.eval.split], dm=dm)
+    status["status"] = "finished"
+    atomic_write_json(run_dir / "run.json", status)
+    return run_dir
+
+
+def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[ExperimentConfig, dict[str, Any], ClassificationTask]:
+    """Config, data facts and the trained task (in eval mode, on the CPU) of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VislangError(f"Run directory {run_dir} does not exist.")
+    cfg = load_config(run_dir / "config.yaml")
+    info = read_json(run_dir / "data.json")
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    if not ckpt.is_file():
+        alt = run_dir / "checkpoints" / "last.ckpt"
+        if checkpoint == "best" and alt.is_file():
+            ckpt = alt
+        else:
+            raise VislangError(f"{ckpt} does not exist: the run has no {checkpoint} checkpoint yet.")
+    task = build_task(cfg, info)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    task.load_state_dict(state["state_dict"])
+    task.eval()
+    return cfg, info, task

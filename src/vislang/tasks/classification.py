@@ -1,0 +1,148 @@
+"""Classification as a LightningModule: loss, optimiser and schedule, metrics, batched augmentation.
+
+Image and text classifiers share it: the model returns logits ``[B, C]``. Batches arrive as raw
+uint8 tensors; augmentation and normalisation run on the training device in
+``on_after_batch_transfer`` so the data pipeline does no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from vislang.config import ExperimentConfig, TrainConfig
+
+
+def metric_mode(metric: str) -> str:
+    """'min' for losses and errors, 'max' for everything else (accuracy, F1, AUC)."""
+    return "min" if any(w in metric for w in ("loss", "err")) else "max"
+
+
+class ClassificationTask(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: ExperimentConfig,
+        num_classes: int,
+        transform: nn.Module | None = None,
+        class_weights: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.num_classes = num_classes
+        # uint8 batch -> augmented, normalised float batch (identity for already-float inputs)
+        self.transform = transform
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_top5 = MulticlassAccuracy(num_classes, average="micro", top_k=5) if num_classes > 5 else None
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # ----------------------------------------------------------------------------------- data
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        if self.transform is not None:
+            x = self.transform(x, train=self.trainer.training if self._trainer else False)
+        return x, y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def predict_proba(self, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+        """Class probabilities for a prepared (normalised) batch; ``tta_flip`` averages with the mirror."""
+        probs = self.model(x).float().softmax(-1)
+        if tta_flip:
+            probs = (probs + self.model(x.flip(-1)).float().softmax(-1)) / 2
+        return probs
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), y, weight=self.class_weights, label_smoothing=self.cfg.train.label_smoothing
+        )
+
+    # ------------------------------------------------------------------------------- training
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = self.loss(logits, y)
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        if self.cfg.eval.tta_flip:
+            logits = (logits.float().log_softmax(-1) + self.model(x.flip(-1)).float().log_softmax(-1)) / 2
+        loss = F.cross_entropy(logits.float(), y)
+        self.val_acc(logits, y)
+        self.val_f1(logits, y)
+        n = len(y)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val/f1_macro", self.val_f1, on_epoch=True, batch_size=n)
+        if self.val_top5 is not None:
+            self.val_top5(logits, y)
+            self.log("val/top5", self.val_top5, on_epoch=True, batch_size=n)
+
+    # ------------------------------------------------------------------------------ optimiser
+    def _param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """No weight decay on biases and normalisation parameters (1-D tensors), the usual practice."""
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> Any:
+        t: TrainConfig = self.cfg.train
+        groups = self._param_groups(t.weight_decay)
+        if t.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
+        elif t.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=t.lr)
+        else:
+            opt = torch.optim.AdamW(groups, lr=t.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, t.epochs))
+        if t.schedule == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=t.gamma, patience=t.plateau_patience
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+        if t.schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=t.lr, total_steps=max(total, 1), pct_start=t.pct_start, anneal_strategy="linear",
+                cycle_momentum=False, div_factor=25.0, final_div_factor=1e3,
+            )
+        else:
+            factor = lr_factor_fn(t, per_epoch, total)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_factor_fn(t: TrainConfig, steps_per_epoch: int, total_steps: int):
+    """Per-step multiplier of the peak lr for the 'none', 'cosine' and 'step' schedules, with linear warm-up."""
+    warmup = int(t.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if t.schedule == "cosine":
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if t.schedule == "step":
+            return t.gamma ** ((step // steps_per_epoch) // t.step_size)
+        return 1.0
+
+    return factor

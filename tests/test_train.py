@@ -1,0 +1,157 @@
+"""End to end on real CIFAR-10 subsets: train, reproduce, resume after SIGKILL, evaluate, predict, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from vislang.cli import app
+
+runner = CliRunner()
+SMALL = """\
+name: small
+seed: 3
+data:
+  dataset: cifar10
+  subset: {{train: 600, test: 200}}
+  batch_size: 64
+  augment: {{crop_padding: 4, flip: true}}
+model:
+  name: cnn
+  channels: [[16], [32], [64]]
+train:
+  epochs: {epochs}
+  lr: 0.05
+  threads: 2
+"""
+
+
+def write_config(folder: Path, epochs: int = 2) -> Path:
+    path = folder / "small.yaml"
+    path.write_text(SMALL.format(epochs=epochs) + f"output_dir: {folder / 'runs'}\n")
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vislang", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("train")
+    result = runner.invoke(app, ["train", str(write_config(folder))])
+    assert result.exit_code == 0, result.output
+    return folder / "runs" / "small"
+
+
+def history(run: Path) -> list[dict]:
+    with (run / "history.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_directory_holds_everything(trained):
+    for name in ("config.yaml", "data.json", "run.json", "history.csv", "metrics.json",
+                 "predictions_test.csv", "predictions_val.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                 "plots/loss.png", "plots/accuracy.png", "plots/confusion_test.png", "plots/roc_test.png"):
+        assert (trained / name).is_file(), name
+    rows = history(trained)
+    assert [int(float(r["epoch"])) for r in rows] == [0, 1]
+    assert {"train/loss", "val/loss", "val/acc", "images_per_s"} <= set(rows[0])
+    metrics = json.loads((trained / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["n"] == 200 and len(test["per_class"]) == 10
+    assert sum(map(sum, test["confusion_matrix"])) == 200
+    assert 0.15 < test["accuracy"] <= 1.0  # 10 classes: chance is 0.10
+    assert 0.5 < test["roc_auc_ovr"] <= 1.0 and "top5_accuracy" in test and "f1_macro" in test
+    info = json.loads((trained / "data.json").read_text())
+    assert info["input_shape"] == [3, 32, 32] and info["split_sizes"]["test"] == 200
+
+
+def test_same_config_and_seed_reproduce_the_run(trained):
+    """Re-creating a run from its own config.yaml gives a new run dir with the same metrics."""
+    result = runner.invoke(app, ["train", str(trained / "config.yaml")])
+    assert result.exit_code == 0, result.output
+    again = trained.with_name("small-2")
+    assert (trained / "metrics.json").is_file() and again.is_dir()
+    first, second = (json.loads((r / "metrics.json").read_text())["test"] for r in (trained, again))
+    assert first["accuracy"] == second["accuracy"] and first["confusion_matrix"] == second["confusion_matrix"]
+    assert [r["train/loss"] for r in history(trained)] == [r["train/loss"] for r in history(again)]
+
+
+def test_evaluate_and_predict(trained, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(trained), "--split", "val", "--checkpoint", "last"])
+    assert result.exit_code == 0, result.output
+    assert "val" in json.loads((trained / "metrics.json").read_text())
+    # two real CIFAR-10 test images straight from the mirror archive
+    mirror = Path(os.environ["VISLANG_MIRROR"])
+    images = []
+    with tarfile.open(mirror / "cifar10-jpg.tar.gz") as tar:
+        for member in tar:
+            if "/test/" in member.name and member.name.endswith(".jpg"):
+                out = tmp_path / Path(member.name).name
+                out.write_bytes(tar.extractfile(member).read())
+                images.append(out)
+                if len(images) == 2:
+                    break
+    result = runner.invoke(app, ["predict", str(trained), *map(str, images), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    classes = json.loads((trained / "data.json").read_text())["class_names"]
+    lines = [line for line in result.output.splitlines() if "%" in line]
+    assert len(lines) == 6 and all(line.split()[-1] in classes for line in lines)
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path):
+    config = write_config(tmp_path, epochs=4)
+    proc = subprocess.Popen([sys.executable, "-m", "vislang", "train", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    run = tmp_path / "runs" / "small"
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for an event (the first checkpoint), not timing anything
+    assert last.exists(), "training never wrote its first checkpoint"
+    proc.send_signal(signal.SIGKILL)  # now inside epoch 1
+    proc.wait()
+    assert (run / "config.yaml").is_file() and (run / "history.csv").is_file()
+    result = cli("train", "--resume", str(run))
+    assert result.returncode == 0, result.stderr
+    assert [int(float(r["epoch"])) for r in history(run)] == [0, 1, 2, 3]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert not list(run.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--set", "train.epoch=3"], "Did you mean 'epochs'"),
+        (["--set", "model.name=resnett"], "Unknown model 'resnett'"),
+        (["--set", "model.widht=3"], "no option 'widht'"),
+        (["--set", "data.dataset=image_folder", "--set", "data.path=/no/such/folder"], "/no/such/folder"),
+        (["--set", "data.dataset=cifar100"], "Unknown dataset 'cifar100'"),
+    ],
+)
+def test_cli_errors_are_one_clear_message(tmp_path, extra, expected):
+    result = cli("train", str(write_config(tmp_path)), *extra)
+    assert result.returncode != 0
+    assert expected in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "runs" / "small" / "checkpoints").exists()
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path):
+    run = tmp_path / "runs" / "empty"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "empty"}))
+    result = cli("train", "--resume", str(run))
+    assert result.returncode == 1 and "last.ckpt" in result.stderr and "Traceback" not in result.stderr
