@@ -1,0 +1,97 @@
+"""Batched augmentation and normalisation of uint8 image batches, on whatever device they live on.
+
+Crop-after-padding and translation are both "pad once, then cut a window at a random offset per
+image". Every possible window is one row of an overlapping ``as_strided`` view of the padded batch
+(no copy), and one ``index_select`` copies each image's chosen window, so there is no per-image
+Python loop; the flip rides along in the same call (windows cut from a mirrored copy). Randomness comes from torch's global RNG
+on the batch's device, so ``lightning.seed_everything`` makes it repeatable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vislang.config import AugmentConfig
+
+
+def random_window(x: torch.Tensor, pad: int, mode: str = "constant", flip: bool = False) -> torch.Tensor:
+    """Pad [B,C,H,W] by ``pad`` (zeros or ``"reflect"``) and cut an HxW window at a random offset per image.
+
+    With ``flip`` each image is also mirrored left-right with probability 0.5, in the same call:
+    its window is then cut from a mirrored copy of the padded batch.
+    """
+    b, c, h, w = x.shape
+    if mode == "reflect" and pad >= min(h, w):
+        raise ValueError(f"translate={pad} must be smaller than the image ({h}x{w})")
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode) if pad else x.contiguous()
+    if flip:
+        padded = torch.cat([padded, padded.flip(3)])  # [2B,...]; the mirror of a pad is the pad of a mirror
+    hp, wp = h + 2 * pad, w + 2 * pad
+    # A window of image k at offset (dy, dx) is the strided block (C,H,W) with strides (hp*wp, wp, 1)
+    # starting at flat element k*c*hp*wp + dy*wp + dx. View every possible start as a row of that
+    # overlapping view (no copy); index_select then copies just the B chosen blocks.
+    flat = padded.reshape(-1)
+    starts = flat.numel() - ((c - 1) * hp * wp + (h - 1) * wp + w - 1)
+    blocks = flat.as_strided((starts, c, h, w), (1, hp * wp, wp, 1))
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    image = torch.arange(b, device=x.device)
+    if flip:
+        image = image + b * (torch.rand(b, device=x.device) < 0.5).long()
+    return blocks.index_select(0, image * (c * hp * wp) + dy * wp + dx)
+
+
+class BatchTransform(nn.Module):
+    """``forward(x_uint8 [B,C,H,W], train) → float32 [B,C,H,W]``, normalised, channels_last.
+
+    ``mean``/``std`` are per channel on the 0..255 scale (use 0 and 255 to only scale to 0..1).
+    In train mode it applies, per image: random crop after ``crop_padding`` zero padding, random
+    translation by up to ``translate`` pixels (reflect padding), horizontal flip, and a
+    ``cutout`` square set to 0 after normalisation (i.e. to the dataset mean).
+    """
+
+    def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.aug = aug
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        # normalised = x * scale + shift, with scale = 1/std and shift = -mean/std
+        self.register_buffer("scale", 1.0 / std_t, persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+
+    def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        if x.dim() == 3:
+            return self.forward(x[None], train)[0]
+        if train:
+            x = self.geometric(x)
+        # normalise in NCHW (per-channel constants broadcast over long contiguous rows: fast), then
+        # one float copy into channels_last, cheaper than converting the uint8 batch first
+        out = x.to(torch.float32).mul_(self.scale.to(x.device)).add_(self.shift.to(x.device))
+        if train and self.aug.cutout:
+            out = self.cutout(out, self.aug.cutout)
+        out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def geometric(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop (zero padding), translation (reflect padding) and flip of a [B,C,H,W] batch."""
+        aug = self.aug
+        if aug.crop_padding:
+            x = random_window(x, aug.crop_padding, "constant", flip=aug.flip and not aug.translate)
+        if aug.translate or (aug.flip and not aug.crop_padding):
+            x = random_window(x, aug.translate, "reflect", flip=aug.flip)
+        return x
+
+    @staticmethod
+    def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
+        """Zero one ``size``×``size`` square per image, centred uniformly at random (clipped at borders)."""
+        b, _, h, w = x.shape
+        cy = torch.randint(0, h, (b, 1), device=x.device)
+        cx = torch.randint(0, w, (b, 1), device=x.device)
+        ys = torch.arange(h, device=x.device)[None] - (cy - size // 2)
+        xs = torch.arange(w, device=x.device)[None] - (cx - size // 2)
+        inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]
+        return x.masked_fill_(inside[:, None], 0.0)

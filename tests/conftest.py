@@ -1,0 +1,45 @@
+"""Shared fixtures: every test uses a private vislang cache and, when present, the local dataset mirror."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def vislang_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """VISLANG_CACHE → a session temp folder; VISLANG_MIRROR → ../shared/data when it exists."""
+    saved = {k: os.environ.get(k) for k in ("VISLANG_CACHE", "VISLANG_MIRROR")}
+    os.environ["VISLANG_CACHE"] = str(tmp_path_factory.mktemp("vislang-cache"))
+    if MIRROR.is_dir():
+        os.environ["VISLANG_MIRROR"] = str(MIRROR)
+    else:
+        os.environ.pop("VISLANG_MIRROR", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def mirror() -> Path:
+    """The local dataset mirror (../shared/data); tests needing it are skipped when it is missing."""
+    if not MIRROR.is_dir():
+        pytest.skip(f"dataset mirror {MIRROR} not found (tests on real archives need ../shared/data)")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def sample_root(vislang_env: None) -> Path:
+    """The packaged CIFAR-10 sample, extracted: cifar10/{train,test}/<class>/*.jpg (no mirror needed)."""
+    from vislang.data.fetch import fetch
+    from vislang.data.registry import cifar10_sample_archive
+
+    return fetch(cifar10_sample_archive(), progress=False) / "cifar10"

@@ -1,0 +1,90 @@
+"""Batched augmentation: shapes, determinism under a seed, and that each op does what it says."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vislang.config import AugmentConfig
+from vislang.data.augment import BatchTransform
+
+MEAN, STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # identity normalisation: outputs are pixel values
+
+
+def _batch(n: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, 12, 10), dtype=torch.uint8, generator=g)
+
+
+def _windows(padded: torch.Tensor, h: int, w: int) -> list[torch.Tensor]:
+    return [
+        padded[:, i : i + h, j : j + w]
+        for i in range(padded.shape[1] - h + 1)
+        for j in range(padded.shape[2] - w + 1)
+    ]
+
+
+def test_shapes_dtype_layout_and_eval_is_plain_normalisation() -> None:
+    x = _batch()
+    t = BatchTransform(
+        AugmentConfig(crop_padding=2, translate=1, flip=True, cutout=3), [10.0, 20.0, 30.0], [2.0, 4.0, 8.0]
+    )
+    out = t(x, train=True)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    ev = t(x, train=False)
+    expected = (x.float() - torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)) / torch.tensor(
+        [2.0, 4.0, 8.0]
+    ).view(1, 3, 1, 1)
+    torch.testing.assert_close(ev, expected)
+    assert t(x[0], train=False).shape == (3, 12, 10)
+
+
+def test_same_seed_same_augmentation() -> None:
+    x = _batch()
+    t = BatchTransform(AugmentConfig(crop_padding=2, flip=True, cutout=4), MEAN, STD)
+    torch.manual_seed(7)
+    a = t(x, train=True)
+    torch.manual_seed(7)
+    b = t(x, train=True)
+    c = t(x, train=True)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_flip_mirrors_about_half_the_images() -> None:
+    x = _batch(200)
+    out = BatchTransform(AugmentConfig(flip=True), MEAN, STD)(x, train=True)
+    same = (out == x.float()).flatten(1).all(1)
+    mirrored = (out == x.flip(3).float()).flatten(1).all(1)
+    assert bool((same | mirrored).all())
+    assert 60 < int(mirrored.sum()) < 140
+
+
+def test_crop_reads_a_window_of_the_zero_padded_image() -> None:
+    x = _batch(32)
+    out = BatchTransform(AugmentConfig(crop_padding=2), MEAN, STD)(x, train=True)
+    padded = F.pad(x, (2, 2, 2, 2)).float()
+    offsets = set()
+    for img, src in zip(out, padded, strict=True):
+        matches = [k for k, win in enumerate(_windows(src, 12, 10)) if torch.equal(win, img)]
+        assert matches
+        offsets.add(matches[0])
+    assert len(offsets) > 5  # offsets vary per image
+
+
+def test_translate_uses_reflect_padding() -> None:
+    x = _batch(32)
+    out = BatchTransform(AugmentConfig(translate=2), MEAN, STD)(x, train=True)
+    padded = F.pad(x.float(), (2, 2, 2, 2), mode="reflect")
+    for img, src in zip(out, padded, strict=True):
+        assert any(torch.equal(win, img) for win in _windows(src, 12, 10))
+
+
+def test_cutout_zeroes_one_square() -> None:
+    x = torch.full((16, 3, 12, 12), 200, dtype=torch.uint8)
+    out = BatchTransform(AugmentConfig(cutout=4), MEAN, STD)(x, train=True)
+    zeros = (out == 0).all(1)  # [B,H,W]
+    for mask in zeros:
+        rows, cols = mask.nonzero(as_tuple=True)
+        assert 0 < len(rows) <= 16
+        assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a rectangle
