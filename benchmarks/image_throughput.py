@@ -93,7 +93,7 @@ def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int) -> floa
     opt = make_optimizer(cfg, model)
     model.train()
     rate = 0.0
-    for epoch in range(2):  # epoch 0 warms up workers and kernels; epoch 1 is measured
+    for _epoch in range(2):  # epoch 0 warms up workers and kernels; epoch 1 is measured
         seen, t0 = 0, time.perf_counter()
         for x, y in loader:
             step(model, opt, x.contiguous(memory_format=torch.channels_last), y, cfg)

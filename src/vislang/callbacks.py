@@ -36,19 +36,30 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 class HistoryWriter(Callback):
     """Writes ``history.csv`` (one row per epoch: train/val loss and metrics, lr, time, images/s).
 
-    The file is rewritten atomically after every epoch, so a killed run keeps every finished epoch,
-    and a resumed run continues it.
+    The file is rewritten atomically after every epoch. The rows are also part of the callback's
+    checkpoint state (Lightning saves checkpoints after the other callbacks' epoch-end hooks), so a
+    resumed run continues exactly the history of the checkpoint it resumes from, even if it was
+    killed between writing the checkpoint and writing the file.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict[str, Any]] = []
+        self._resumed = False
         self._t0 = self._t_last = 0.0
         self._seen = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # called when resuming, before on_fit_start (the loop's epoch counter is restored later)
+        self.rows = list(state_dict.get("rows", []))
+        self._resumed = True
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        start = trainer.current_epoch  # > 0 when resuming from a checkpoint
-        self.rows = [r for r in read_history(self.path) if r.get("epoch") is not None and r["epoch"] < start]
+        if not self._resumed:
+            self.rows = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0, self._seen = time.perf_counter(), 0

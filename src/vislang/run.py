@@ -15,8 +15,10 @@ back into training code::
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +114,20 @@ def data_info(dm: Any) -> dict[str, Any]:
     }
 
 
-def _callbacks(cfg: ExperimentConfig, run_dir: Path, has_val: bool) -> list[L.Callback]:
+def _callbacks(cfg: ExperimentConfig, run_dir: Path, has_val: bool, quiet: bool) -> list[L.Callback]:
     t = cfg.train
     monitor = t.checkpoint_monitor if has_val else "train/loss"
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                         mode=metric_mode(monitor), save_last=True, save_top_k=1, auto_insert_metric_name=False,
-                        enable_version_counter=False),
+                        enable_version_counter=False,
+                        # at train-epoch end (after validation, after HistoryWriter): checkpoint and
+                        # history always describe the same epochs
+                        save_on_train_epoch_end=True),
         HistoryWriter(run_dir / "history.csv"),
-        ThroughputBar(),
     ]
+    if not quiet:
+        callbacks.append(ThroughputBar())
     es = t.early_stopping
     if es.monitor:
         mode = metric_mode(es.monitor) if es.mode == "auto" else es.mode
@@ -131,12 +137,23 @@ def _callbacks(cfg: ExperimentConfig, run_dir: Path, has_val: bool) -> list[L.Ca
     return callbacks
 
 
+def _quiet_lightning() -> None:
+    """Keep the terminal for what matters: Lightning's device banner and tips, and warnings about
+    hooks we override on purpose (batch transfer), say nothing a vislang user can act on."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Train ``cfg`` into a new run directory (or continue ``resume``), evaluate it, return the run path."""
     from vislang.data.datamodule import ImageDataModule
     from vislang.evaluate import evaluate_run
 
     check_model_config(cfg)
+    _quiet_lightning()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -157,6 +174,11 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
     info = data_info(dm)
     has_val = dm.split_sizes.get("val", 0) > 0
     task = build_task(cfg, info)
+    if resume is None and hasattr(task.model, "init_whitening"):
+        # data-dependent init (fastnet's PCA-whitened stem) from a seeded sample of training images
+        sample = dm.images["train"][torch.randperm(len(dm.images["train"]))[:5000]]
+        with torch.no_grad():
+            task.model.init_whitening(task.transform(sample, train=False))
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:
@@ -170,6 +192,10 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
         "host": platform.node(), "cpu_threads": torch.get_num_threads(), "params": n_params,
     }
     atomic_write_json(run_dir / "run.json", status)
+    if not quiet:
+        sizes = ", ".join(f"{k} {v:,}" for k, v in info["split_sizes"].items())
+        print(f"{run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M parameters) on {accelerator} "
+              f"({torch.get_num_threads()} threads), {len(info['classes'])} classes, images {sizes}", flush=True)
 
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
@@ -178,7 +204,7 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
         strategy="ddp" if cfg.train.devices > 1 else "auto",
         precision=_precision(cfg, accelerator),
         gradient_clip_val=cfg.train.grad_clip,
-        callbacks=_callbacks(cfg, run_dir, has_val),
+        callbacks=_callbacks(cfg, run_dir, has_val, quiet),
         logger=False,
         default_root_dir=run_dir,
         deterministic="warn",

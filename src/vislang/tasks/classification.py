@@ -120,22 +120,27 @@ class ClassificationTask(L.LightningModule):
                 opt, mode="min", factor=t.gamma, patience=t.plateau_patience
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
-        if t.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=t.lr, total_steps=max(total, 1), pct_start=t.pct_start, anneal_strategy="linear",
-                cycle_momentum=False, div_factor=25.0, final_div_factor=1e3,
-            )
-        else:
-            factor = lr_factor_fn(t, per_epoch, total)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        factor = lr_factor_fn(t, per_epoch, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def lr_factor_fn(t: TrainConfig, steps_per_epoch: int, total_steps: int):
-    """Per-step multiplier of the peak lr for the 'none', 'cosine' and 'step' schedules, with linear warm-up."""
+    """Per-step multiplier of the peak lr for every schedule but 'plateau'.
+
+    onecycle: linear rise from lr/25 to lr over ``pct_start`` of the steps, then linear decay to
+    lr/25000 (the shape of PyTorch's OneCycleLR with linear annealing, written here because
+    OneCycleLR overshoots below zero on the scheduler step Lightning takes after the last batch).
+    The others: linear warm-up over ``warmup_epochs``, then cosine / step decay / constant.
+    """
     warmup = int(t.warmup_epochs * steps_per_epoch)
+    peak = max(1, round(t.pct_start * total_steps))
 
     def factor(step: int) -> float:
+        if t.schedule == "onecycle":
+            if step < peak:
+                return 1 / 25 + (1 - 1 / 25) * step / peak
+            return max(1 / 25000, 1 - (step - peak) / max(1, total_steps - peak))
         if step < warmup:
             return (step + 1) / warmup
         if t.schedule == "cosine":
