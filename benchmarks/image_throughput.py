@@ -7,8 +7,11 @@ horizontal flip) and precision:
 * vislang   – ``vislang train`` itself (decoded uint8 store, batched augmentation on the device,
               Lightning loop); images/s of the last epoch's training steps, read from history.csv.
 * plain     – torchvision ``ImageFolder`` + PIL transforms + ``DataLoader(num_workers=2)``, a hand
-              written loop with the same optimiser: what a notebook does.
-* compute   – forward + backward + optimiser step on one batch already in memory: the limit.
+              written loop with the same optimiser, in fp32 and contiguous memory: what a notebook does.
+* plain+    – the same plain pipeline given vislang's precision and memory format (bf16 autocast +
+              channels_last on CPUs with native bf16): isolates what the data pipeline alone is worth.
+* compute   – forward + backward + optimiser step on one batch already in memory, in vislang's
+              precision and memory format: the limit.
 
 Run:  python benchmarks/image_throughput.py [--images 10000] [--models mlp,cnn,fast]
 Needs VISLANG_MIRROR (e.g. ../shared/data) or a network connection for CIFAR-10.
@@ -27,21 +30,22 @@ import torch
 from torch import nn
 
 from vislang.config import ExperimentConfig, load_config
-from vislang.run import build_model
+from vislang.run import build_model, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"mlp": "cifar10_mlp.yaml", "cnn": "cifar10_cnn.yaml", "fast": "cifar10_fast.yaml"}
 
 
-def autocast(cfg: ExperimentConfig):
-    if cfg.train.precision == "bf16-mixed":
+def autocast(cfg: ExperimentConfig, matched: bool = True):
+    """vislang's resolved precision for this config on the CPU (matched), or plain fp32."""
+    if matched and resolve_precision(cfg, "cpu") == "bf16-mixed":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def make_model(cfg: ExperimentConfig) -> nn.Module:
+def make_model(cfg: ExperimentConfig, matched: bool = True) -> nn.Module:
     model = build_model(cfg, 10, (3, 32, 32))
-    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+    return model.to(memory_format=torch.channels_last) if matched and cfg.train.channels_last else model
 
 
 def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -52,8 +56,9 @@ def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optim
     return torch.optim.AdamW(model.parameters(), lr=t.lr / 10, weight_decay=t.weight_decay)
 
 
-def step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg) -> None:
-    with autocast(cfg):
+def step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg,
+         matched: bool = True) -> None:
+    with autocast(cfg, matched):
         loss = nn.functional.cross_entropy(model(x).float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -75,7 +80,7 @@ def compute_only(cfg: ExperimentConfig, n_images: int) -> float:
     return steps * bs / (time.perf_counter() - t0)
 
 
-def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int) -> float:
+def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int, matched: bool) -> float:
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
@@ -89,14 +94,16 @@ def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int) -> floa
     ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n_images].tolist())
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=True, num_workers=2, drop_last=True,
                         persistent_workers=True)
-    model = make_model(cfg)
+    model = make_model(cfg, matched)
     opt = make_optimizer(cfg, model)
     model.train()
     rate = 0.0
     for _epoch in range(2):  # epoch 0 warms up workers and kernels; epoch 1 is measured
         seen, t0 = 0, time.perf_counter()
         for x, y in loader:
-            step(model, opt, x.contiguous(memory_format=torch.channels_last), y, cfg)
+            if matched:
+                x = x.contiguous(memory_format=torch.channels_last)
+            step(model, opt, x, y, cfg, matched)
             seen += len(y)
         rate = seen / (time.perf_counter() - t0)
     return rate
@@ -136,15 +143,18 @@ def main() -> None:
         for key in args.models.split(","):
             cfg = load_config(ROOT / "configs" / RECIPES[key])
             v = vislang_rate(cfg, args.images, Path(tmp))
-            p = plain_pytorch(cfg, train_dir, args.images)
+            p = plain_pytorch(cfg, train_dir, args.images, matched=False)
+            pm = plain_pytorch(cfg, train_dir, args.images, matched=True)
             c = compute_only(cfg, args.images)
-            rows.append((key, cfg.data.batch_size, cfg.train.precision, v, p, c))
-            print(f"  {key}: vislang {v:.0f}  plain {p:.0f}  compute-only {c:.0f} images/s", flush=True)
+            rows.append((key, cfg.data.batch_size, resolve_precision(cfg, "cpu"), v, p, pm, c))
+            print(f"  {key}: vislang {v:.0f}  plain {p:.0f}  plain+ {pm:.0f}  compute-only {c:.0f} images/s",
+                  flush=True)
     print()
-    print(f"{'model':6} {'batch':>5} {'precision':>10} {'vislang':>9} {'plain':>9} {'compute':>9} "
-          f"{'vislang/plain':>14} {'vislang/compute':>16}")
-    for key, bs, prec, v, p, c in rows:
-        print(f"{key:6} {bs:5d} {prec:>10} {v:9.0f} {p:9.0f} {c:9.0f} {v / p:13.2f}x {v / c:15.1%}")
+    print(f"{'model':6} {'batch':>5} {'precision':>10} {'vislang':>8} {'plain':>8} {'plain+':>8} {'compute':>8} "
+          f"{'vs plain':>9} {'vs plain+':>10} {'vs compute':>11}")
+    for key, bs, prec, v, p, pm, c in rows:
+        print(f"{key:6} {bs:5d} {prec:>10} {v:8.0f} {p:8.0f} {pm:8.0f} {c:8.0f} {v / p:8.2f}x {v / pm:9.2f}x "
+              f"{v / c:10.1%}")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ def test_evaluate_and_predict(trained, tmp_path):
     classes = json.loads((trained / "data.json").read_text())["class_names"]
     lines = [line for line in result.output.splitlines() if "%" in line]
     assert len(lines) == 6 and all(line.split()[-1] in classes for line in lines)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(images[0].read_bytes()[:40])  # a truncated JPEG
+    result = runner.invoke(app, ["predict", str(trained), str(corrupt)])
+    assert result.exit_code == 1 and "corrupt.jpg" in result.output
 
 
 def test_resume_after_sigkill_mid_epoch(tmp_path):

@@ -95,7 +95,7 @@ class TrainConfig(Section):
     plateau_patience: int = Field(3, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="clip gradient norm to this value")
-    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field("auto", description="auto = 16-mixed on CUDA, 32 elsewhere")
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field("auto", description="auto = bf16/16-mixed on CUDA, bf16-mixed on CPUs with native bf16 (AMX/AVX512-BF16), else 32")
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     devices: int = Field(1, ge=1, description="data-parallel devices (DDP when > 1)")
     channels_last: bool = True
