@@ -33,6 +33,9 @@ from vislang.config import ExperimentConfig, load_config
 from vislang.run import build_model, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
+# Each path is measured over REPEATS epochs (after a warm-up) and reports its best: shared 2-core
+# machines vary by 2x from minute to minute, and the best run is the one least disturbed.
+REPEATS = 3
 RECIPES = {"mlp": "cifar10_mlp.yaml", "cnn": "cifar10_cnn.yaml", "fast": "cifar10_fast.yaml"}
 
 
@@ -74,10 +77,13 @@ def compute_only(cfg: ExperimentConfig, n_images: int) -> float:
     for _ in range(3):
         step(model, opt, x, y, cfg)
     steps = max(1, n_images // bs)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(model, opt, x, y, cfg)
-    return steps * bs / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(model, opt, x, y, cfg)
+        rates.append(steps * bs / (time.perf_counter() - t0))
+    return max(rates)
 
 
 def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int, matched: bool) -> float:
@@ -97,16 +103,16 @@ def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int, matched
     model = make_model(cfg, matched)
     opt = make_optimizer(cfg, model)
     model.train()
-    rate = 0.0
-    for _epoch in range(2):  # epoch 0 warms up workers and kernels; epoch 1 is measured
+    rates = []
+    for _epoch in range(1 + REPEATS):  # epoch 0 warms up workers and kernels
         seen, t0 = 0, time.perf_counter()
         for x, y in loader:
             if matched:
                 x = x.contiguous(memory_format=torch.channels_last)
             step(model, opt, x, y, cfg, matched)
             seen += len(y)
-        rate = seen / (time.perf_counter() - t0)
-    return rate
+        rates.append(seen / (time.perf_counter() - t0))
+    return max(rates[1:])
 
 
 def vislang_rate(cfg: ExperimentConfig, n_images: int, out: Path) -> float:
@@ -116,12 +122,12 @@ def vislang_rate(cfg: ExperimentConfig, n_images: int, out: Path) -> float:
     cfg.name, cfg.output_dir = f"bench_{cfg.name}", str(out)
     cfg.data.subset = {"train": n_images, "test": 500}
     cfg.data.val_fraction = 0.0
-    cfg.train.epochs = 2  # epoch 0 warms up; epoch 1 is measured
+    cfg.train.epochs = 1 + REPEATS  # epoch 0 warms up
     cfg.train.early_stopping.monitor = None
     run = train(cfg, quiet=True)
     with (run / "history.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    return float(rows[-1]["images_per_s"])
+    return max(float(r["images_per_s"]) for r in rows[1:])
 
 
 def cifar_train_dir() -> Path:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vislang.errors import VislangError
@@ -31,7 +32,8 @@ def cli_errors(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except VislangError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+            # soft_wrap: never break a path in the middle; the terminal wraps long lines itself
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished epochs are saved; continue with "
@@ -59,7 +61,7 @@ def _report_run(run_dir: Path) -> None:
 
     metrics = read_json(run_dir / "metrics.json")
     console.print(_metrics_table(metrics, f"run {run_dir}"))
-    console.print(f"run directory: [bold]{run_dir}[/]  (plots in {run_dir / 'plots'})")
+    console.print(f"run directory: [bold]{run_dir}[/]  (plots in {run_dir / 'plots'})", soft_wrap=True)
 
 
 @app.command()
@@ -132,7 +134,8 @@ def quickstart(
     console.print("[bold]vislang quickstart[/]: a small CNN on 5,000 real CIFAR-10 images shipped with vislang")
     run_dir = run_train(cfg)
     _report_run(run_dir)
-    console.print(f"next: vislang predict {run_dir} IMAGE.jpg   ·   vislang evaluate {run_dir} --split val")
+    console.print(f"next: vislang predict {run_dir} IMAGE.jpg   ·   vislang evaluate {run_dir} --split val",
+                  soft_wrap=True)
 
 
 @data_app.command("list")

@@ -108,6 +108,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     split: str = Field("test", description="split evaluated at the end of training")
     tta_flip: bool = Field(False, description="average predictions over the image and its mirror")
+    tta_translate: int = Field(0, ge=0, description="also average over copies shifted by this many pixels (up-left and down-right, reflect padding); 0 = off")
     top_k: int = Field(5, ge=1)
     checkpoint: Literal["best", "last"] = "best"
 

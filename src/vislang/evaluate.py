@@ -19,14 +19,14 @@ from vislang.run import load_run, read_json
 
 
 @torch.no_grad()
-def predict_split(task: Any, loader: Any, tta_flip: bool) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(task: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[N, C]`` and targets ``[N]`` over a loader of raw uint8 batches."""
     task.eval()
     device = next(task.parameters()).device
     probs, targets = [], []
     for x, y in loader:
         x = task.transform(x.to(device), train=False)
-        probs.append(task.predict_proba(x, tta_flip=tta_flip).cpu())
+        probs.append(task.predict_proba(x).cpu())
         targets.append(y)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
@@ -60,7 +60,7 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     for split in dict.fromkeys(splits):
         if split not in dm.split_sizes:
             raise VislangError(f"Split '{split}' does not exist in this dataset; it has: {', '.join(dm.split_sizes)}.")
-        probs, targets = predict_split(task, dm.dataloader(split), cfg.eval.tta_flip)
+        probs, targets = predict_split(task, dm.dataloader(split))
         m = classification_metrics(probs, targets, names, top_k=cfg.eval.top_k)
         m["checkpoint"] = checkpoint
         all_metrics[split] = m
@@ -102,7 +102,7 @@ def predict_files(run_dir: Path, paths: list[Path], top_k: int = 5) -> list[list
             raise VislangError(f"Image {p} does not exist.")
     cfg, info, task = load_run(Path(run_dir))
     x = task.transform(load_image_files(paths, tuple(info["input_shape"])), train=False)
-    probs = task.predict_proba(x, tta_flip=cfg.eval.tta_flip)
+    probs = task.predict_proba(x)
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     names = info["class_names"]

@@ -57,12 +57,22 @@ class ClassificationTask(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def predict_proba(self, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
-        """Class probabilities for a prepared (normalised) batch; ``tta_flip`` averages with the mirror."""
-        probs = self.model(x).float().softmax(-1)
-        if tta_flip:
-            probs = (probs + self.model(x.flip(-1)).float().softmax(-1)) / 2
-        return probs
+    def tta_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The test-time views of a prepared batch chosen by ``eval.tta_flip`` / ``eval.tta_translate``."""
+        views = [x]
+        shift = self.cfg.eval.tta_translate
+        if shift and x.dim() == 4:
+            padded = F.pad(x, (shift,) * 4, mode="reflect")
+            h, w = x.shape[-2:]
+            views += [padded[..., :h, :w], padded[..., 2 * shift:, 2 * shift:]]  # up-left, down-right
+        if self.cfg.eval.tta_flip:
+            views += [v.flip(-1) for v in views]
+        return views
+
+    def predict_proba(self, x: torch.Tensor, tta: bool = True) -> torch.Tensor:
+        """Class probabilities for a prepared (normalised) batch, averaged over the configured TTA views."""
+        views = self.tta_views(x) if tta else [x]
+        return torch.stack([self.model(v).float().softmax(-1) for v in views]).mean(0)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -81,9 +91,9 @@ class ClassificationTask(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
-        logits = self.model(x)
-        if self.cfg.eval.tta_flip:
-            logits = (logits.float().log_softmax(-1) + self.model(x.flip(-1)).float().log_softmax(-1)) / 2
+        views = self.tta_views(x)
+        logits = self.model(x) if len(views) == 1 else torch.stack(
+            [self.model(v).float().log_softmax(-1) for v in views]).mean(0)
         loss = F.cross_entropy(logits.float(), y)
         self.val_acc(logits, y)
         self.val_f1(logits, y)
