@@ -159,3 +159,14 @@ def test_resume_without_checkpoint_is_explained(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({"name": "empty"}))
     result = cli("train", "--resume", str(run))
     assert result.returncode == 1 and "last.ckpt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
+    """--devices 2: Lightning re-launches the command for rank 1; both ranks must share one run dir."""
+    result = cli("train", str(write_config(tmp_path, epochs=1)), "--devices", "2", "--set", "train.threads=1")
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["small"]
+    run = tmp_path / "runs" / "small"
+    assert json.loads((run / "run.json").read_text())["devices"] == 2
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 200
+    assert "error" not in result.stderr.lower()

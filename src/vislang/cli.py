@@ -74,6 +74,7 @@ def train(
 ) -> None:
     """Train an experiment; writes runs/<name>/ with checkpoints, metrics and plots."""
     from vislang.config import load_config
+    from vislang.run import is_ddp_worker
     from vislang.run import train as run_train
 
     if resume is not None:
@@ -85,7 +86,8 @@ def train(
     if devices is not None:
         cfg.train.devices = devices
     run_dir = run_train(cfg, resume=resume)
-    _report_run(run_dir)
+    if not is_ddp_worker():
+        _report_run(run_dir)
 
 
 @app.command()

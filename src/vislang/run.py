@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 import warnings
@@ -31,6 +32,13 @@ from vislang.config import ExperimentConfig, load_config, save_config
 from vislang.errors import VislangError
 from vislang.io import atomic_write_json
 from vislang.tasks.classification import ClassificationTask, metric_mode
+
+RUN_DIR_ENV = "VISLANG_RUN_DIR"
+
+
+def is_ddp_worker() -> bool:
+    """True in the extra processes Lightning launches for ``--devices N`` (they report nothing)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
 
 
 def unique_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -177,9 +185,13 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
                 f"Cannot resume {run_dir}: {ckpt} does not exist (the run stopped before finishing its first "
                 "epoch). Start it again with: vislang train " + str(run_dir / "config.yaml")
             )
+    elif os.environ.get(RUN_DIR_ENV):
+        # a DDP worker: Lightning re-ran this command for rank > 0; use rank 0's run directory
+        run_dir, ckpt = Path(os.environ[RUN_DIR_ENV]), None
     else:
         run_dir = unique_run_dir(cfg.output_dir, cfg.name)
         ckpt = None
+    worker = os.environ.get(RUN_DIR_ENV) is not None
 
     dm = ImageDataModule(cfg.data, cfg.seed)
     dm.setup("fit")
@@ -193,7 +205,7 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
             task.model.init_whitening(task.transform(sample, train=False))
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
+    if resume is None and not worker:
         save_config(cfg, run_dir / "config.yaml")
         atomic_write_json(run_dir / "data.json", info)
     accelerator = _accelerator(cfg)
@@ -204,7 +216,8 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
         "accelerator": accelerator, "precision": precision, "devices": cfg.train.devices, "torch": torch.__version__,
         "host": platform.node(), "cpu_threads": torch.get_num_threads(), "params": n_params,
     }
-    atomic_write_json(run_dir / "run.json", status)
+    if not worker:
+        atomic_write_json(run_dir / "run.json", status)
     if not quiet:
         sizes = ", ".join(f"{k} {v:,}" for k, v in info["split_sizes"].items())
         print(f"{run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M parameters) on {accelerator} "
@@ -229,7 +242,12 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
         limit_val_batches=1.0 if has_val else 0,
     )
     t0 = time.perf_counter()
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by DDP workers that Lightning launches
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
+    finally:
+        if not worker:
+            os.environ.pop(RUN_DIR_ENV, None)
     train_time = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return run_dir
