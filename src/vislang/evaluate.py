@@ -100,7 +100,7 @@ def predict_files(run_dir: Path, paths: list[Path], top_k: int = 5) -> list[list
     for p in paths:
         if not Path(p).is_file():
             raise VislangError(f"Image {p} does not exist.")
-    cfg, info, task = load_run(Path(run_dir))
+    _, info, task = load_run(Path(run_dir))
     x = task.transform(load_image_files(paths, tuple(info["input_shape"])), train=False)
     probs = task.predict_proba(x)
     k = min(top_k, probs.shape[1])
