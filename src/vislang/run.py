@@ -119,16 +119,14 @@ def build_task(cfg: ExperimentConfig, info: dict[str, Any]) -> ClassificationTas
 
 def data_info(dm: Any) -> dict[str, Any]:
     """The facts about the data a trained model needs (written to data.json; predict reads only this)."""
-    c = dm.input_shape[0]
-    # normalisation constants actually applied: the train split's statistics, or plain 0..1 scaling
-    dataset_stats = dm.cfg.normalize == "dataset"
+    mean, std = dm.normalization  # the constants actually applied (train statistics, or 0..1 scaling)
     return {
         "dataset": dm.cfg.dataset,
         "classes": list(dm.classes),
         "class_names": list(dm.class_names),
         "input_shape": list(dm.input_shape),
-        "mean": [float(m) for m in dm.mean] if dataset_stats else [0.0] * c,
-        "std": [float(s) for s in dm.std] if dataset_stats else [255.0] * c,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
         "split_sizes": {k: int(v) for k, v in dm.split_sizes.items()},
         "class_counts": {k: [int(c) for c in v] for k, v in dm.class_counts.items()},
     }

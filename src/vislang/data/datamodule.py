@@ -204,13 +204,19 @@ class ImageDataModule(L.LightningDataModule):
             for name, labels in self.labels.items()
         }
 
-    def transform(self) -> BatchTransform:
-        """The batch transform for this data: augmentation from ``cfg.augment``, normalisation per ``cfg.normalize``."""
+    @property
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, std) on the 0..255 scale that ``cfg.normalize`` asks for: the train split's
+        statistics, or (0, 255), which only scales to 0..1."""
         self._require()
         if self.cfg.normalize == "dataset":
-            return BatchTransform(self.cfg.augment, self.mean, self.std)
+            return list(self.mean), list(self.std)
         channels = self.input_shape[0]
-        return BatchTransform(self.cfg.augment, [0.0] * channels, [255.0] * channels)  # scale to 0..1
+        return [0.0] * channels, [255.0] * channels
+
+    def transform(self) -> BatchTransform:
+        """The batch transform for this data: augmentation from ``cfg.augment``, normalisation per ``cfg.normalize``."""
+        return BatchTransform(self.cfg.augment, *self.normalization)
 
     # -- loaders ------------------------------------------------------------------------------
 
