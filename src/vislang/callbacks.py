@@ -33,7 +33,38 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-class HistoryWriter(Callback):
+class EpochThroughput(Callback):
+    """Counts training images and time within the current epoch; ``rate`` is training images/s.
+
+    Time runs from the epoch's start to its last training batch, so the validation loop (which
+    Lightning runs before ``on_train_epoch_end``) is not counted. Cooperative (calls ``super()``),
+    so it mixes into other callbacks such as the progress bar.
+    """
+
+    _t0 = _t_last = 0.0
+    _seen = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._t0 = self._t_last = time.perf_counter()
+        self._seen = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._seen += len(batch[-1])
+        self._t_last = time.perf_counter()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    @property
+    def elapsed(self) -> float:
+        return self._t_last - self._t0
+
+    @property
+    def rate(self) -> float | None:
+        return self._seen / self.elapsed if self._seen and self.elapsed > 0 else None
+
+
+class HistoryWriter(EpochThroughput):
     """Writes ``history.csv`` (one row per epoch: train/val loss and metrics, lr, time, images/s).
 
     The file is rewritten atomically after every epoch. The rows are also part of the callback's
@@ -46,8 +77,6 @@ class HistoryWriter(Callback):
         self.path = path
         self.rows: list[dict[str, Any]] = []
         self._resumed = False
-        self._t0 = self._t_last = 0.0
-        self._seen = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -61,53 +90,31 @@ class HistoryWriter(Callback):
         if not self._resumed:
             self.rows = []
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t0, self._seen = time.perf_counter(), 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        self._seen += len(batch[-1])
-        self._t_last = time.perf_counter()
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after validation in Lightning 2.x, so callback_metrics hold both train and val figures.
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        # training time only: up to the last training batch, before the validation loop
-        elapsed = self._t_last - self._t0
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for key, value in sorted(trainer.callback_metrics.items()):
             if key.endswith("_step"):
                 continue
             row[key.removesuffix("_epoch")] = round(float(value), 6)
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        row["epoch_time_s"] = round(elapsed, 3)
-        row["images_per_s"] = round(self._seen / elapsed, 1) if elapsed > 0 else None
+        row["epoch_time_s"] = round(self.elapsed, 3)
+        row["images_per_s"] = round(self.rate, 1) if self.rate else None
         self.rows.append(row)
         write_history(self.path, self.rows)
 
 
-class ThroughputBar(TQDMProgressBar):
+class ThroughputBar(EpochThroughput, TQDMProgressBar):
     """Lightning's tqdm bar (rate and ETA) plus the training throughput in images per second."""
 
     def __init__(self) -> None:
         super().__init__(refresh_rate=5)
-        self._t0 = 0.0
-        self._seen = 0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self._t0, self._seen = time.perf_counter(), 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        self._seen += len(batch[-1])
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        elapsed = time.perf_counter() - self._t0
-        if self._seen and elapsed > 0:
-            items["img/s"] = f"{self._seen / elapsed:.0f}"
+        if self.rate:
+            items["img/s"] = f"{self.rate:.0f}"
         return items

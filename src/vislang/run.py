@@ -183,13 +183,12 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
                 f"Cannot resume {run_dir}: {ckpt} does not exist (the run stopped before finishing its first "
                 "epoch). Start it again with: vislang train " + str(run_dir / "config.yaml")
             )
-    elif os.environ.get(RUN_DIR_ENV):
-        # a DDP worker: Lightning re-ran this command for rank > 0; use rank 0's run directory
+    elif is_ddp_worker():
+        # Lightning re-ran this command for rank > 0: use the run directory rank 0 exported
         run_dir, ckpt = Path(os.environ[RUN_DIR_ENV]), None
     else:
-        run_dir = unique_run_dir(cfg.output_dir, cfg.name)
-        ckpt = None
-    worker = os.environ.get(RUN_DIR_ENV) is not None
+        run_dir, ckpt = unique_run_dir(cfg.output_dir, cfg.name), None
+    worker = is_ddp_worker()
 
     dm = ImageDataModule(cfg.data, cfg.seed)
     dm.setup("fit")
