@@ -68,3 +68,11 @@ def test_relative_data_path_resolves_against_config_folder(tmp_path):
     (tmp_path / "imgs").mkdir()
     cfg = load_config(write(tmp_path, "data: {dataset: image_folder, path: imgs}\n"))
     assert Path(cfg.data.path) == (tmp_path / "imgs").resolve()
+
+
+def test_unknown_task_names_the_closest_task(tmp_path):
+    path = write(tmp_path, "task: image_clasification\n")
+    with pytest.raises(VislangError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "image_clasification" in msg and "image_classification" in msg

@@ -98,9 +98,13 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
 ) -> None:
     """Score a trained run on a split; updates metrics.json, predictions and plots."""
-    from vislang.evaluate import evaluate_run
+    from vislang.config import load_config
+    from vislang.tasks import task_spec
 
-    metrics = evaluate_run(run, [split] if split else None, checkpoint=checkpoint)
+    if not (run / "config.yaml").is_file():
+        raise VislangError(f"{run} is not a vislang run directory (it has no config.yaml).")
+    spec = task_spec(load_config(run / "config.yaml").task)
+    metrics = spec.evaluate_run(run, [split] if split else None, checkpoint=checkpoint)
     console.print(_metrics_table(metrics, f"run {run}"))
 
 
@@ -108,16 +112,19 @@ def evaluate(
 @cli_errors
 def predict(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    images: Annotated[list[Path], typer.Argument(help="image files")],
-    top_k: Annotated[int, typer.Option(help="classes to show per image")] = 5,
+    inputs: Annotated[list[Path] | None, typer.Argument(help="image files (image tasks), or text files of one input per line")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="a text to classify (repeatable)")] = None,
+    top_k: Annotated[int, typer.Option(help="classes to show per input")] = 5,
+    beam: Annotated[int, typer.Option(help="captioning: beam size")] = 3,
 ) -> None:
-    """Print the top-k classes with probabilities for image files."""
-    from vislang.evaluate import predict_files
+    """Predict with a trained run: top-k classes for images or texts, or captions for images."""
+    from vislang.config import load_config
+    from vislang.tasks import task_spec
 
-    for path, top in zip(images, predict_files(run, images, top_k)):
-        console.print(f"[bold]{path}[/]")
-        for name, p in top:
-            console.print(f"  {p:7.2%}  {name}")
+    if not (run / "config.yaml").is_file():
+        raise VislangError(f"{run} is not a vislang run directory (it has no config.yaml).")
+    spec = task_spec(load_config(run / "config.yaml").task)
+    spec.predict_cli(run, list(inputs or []), texts=list(text or []), top_k=top_k, beam=beam, console=console)
 
 
 @app.command()
@@ -125,18 +132,24 @@ def predict(
 def quickstart(
     epochs: Annotated[int | None, typer.Option(help="override the example's epochs")] = None,
     output_dir: Annotated[str, typer.Option(help="where runs go")] = "runs",
+    task: Annotated[str, typer.Option(help="which example: image, text or captioning")] = "image",
 ) -> None:
-    """Train a small CNN on a CIFAR-10 sample shipped with vislang (no network, ~2 minutes on a laptop CPU)."""
+    """Train a small model on real data shipped with vislang (no network, ~2 minutes on a laptop CPU)."""
     from vislang.config import load_config
     from vislang.run import train as run_train
 
     overrides = [f"output_dir={output_dir}"] + ([f"train.epochs={epochs}"] if epochs else [])
-    with resources.as_file(resources.files("vislang") / "assets" / "quickstart_image.yaml") as path:
+    asset = resources.files("vislang") / "assets" / f"quickstart_{task}.yaml"
+    if not asset.is_file():
+        raise VislangError(f"No quickstart example '{task}'; choose image, text or captioning.")
+    with resources.as_file(asset) as path:
         cfg = load_config(path, overrides)
-    console.print("[bold]vislang quickstart[/]: a small CNN on 5,000 real CIFAR-10 images shipped with vislang")
+    intro = {"image": "a small CNN on 5,000 real CIFAR-10 images shipped with vislang"}
+    console.print(f"[bold]vislang quickstart[/]: {intro.get(task, cfg.name)}")
     run_dir = run_train(cfg)
     _report_run(run_dir)
-    console.print(f"next: vislang predict {run_dir} IMAGE.jpg   ·   vislang evaluate {run_dir} --split val",
+    example = {"image": "IMAGE.jpg", "text": '--text "SENTENCE"', "captioning": "IMAGE.jpg"}[task]
+    console.print(f"next: vislang predict {run_dir} {example}   ·   vislang evaluate {run_dir} --split val",
                   soft_wrap=True)
 
 

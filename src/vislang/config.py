@@ -101,7 +101,7 @@ class TrainConfig(Section):
     channels_last: bool = True
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = all cores")
     early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
-    checkpoint_monitor: str = Field("val/acc", description="metric that picks the best checkpoint")
+    checkpoint_monitor: str | None = Field(None, description="metric that picks the best checkpoint; null = the task's own (val/acc for classification)")
     ema: EmaConfig = Field(default_factory=EmaConfig)
 
 
@@ -113,18 +113,46 @@ class EvalConfig(Section):
     checkpoint: Literal["best", "last"] = "best"
 
 
-class ExperimentConfig(Section):
+class BaseExperiment(Section):
+    """What every task's experiment file has; each task subclasses it with its own ``data``/``eval``
+    sections (and may narrow ``task``, ``model`` and ``train``). ``task`` picks the subclass."""
+
     name: str = Field("experiment", description="run name; the run goes to <output_dir>/<name>")
-    task: Literal["image_classification"] = "image_classification"
+    task: str = "image_classification"
     seed: int = 0
     output_dir: str = "runs"
-    data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class ExperimentConfig(BaseExperiment):
+    """An image-classification experiment."""
+
+    task: Literal["image_classification"] = "image_classification"
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# task name -> "module:ConfigClass"; imported lazily so loading an image config never imports text code
+TASK_CONFIGS = {
+    "image_classification": "vislang.config:ExperimentConfig",
+    "text_classification": "vislang.tasks.text:TextExperimentConfig",
+    "captioning": "vislang.tasks.captioning:CaptionExperimentConfig",
+}
+
+
+def config_class(task: str, source: str = "<config>") -> type[BaseExperiment]:
+    """The experiment model of ``task`` (an error naming the closest task when it is unknown)."""
+    import importlib
+
+    if task not in TASK_CONFIGS:
+        raise VislangError(f"Invalid config {source}: unknown task '{task}'.{did_you_mean(str(task), TASK_CONFIGS)} "
+                           f"Tasks: {', '.join(TASK_CONFIGS)}.")
+    module, cls = TASK_CONFIGS[task].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,9 +184,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = _parse_value(value)
 
 
-def _section_fields(path: tuple[Any, ...]) -> list[str]:
+def _section_fields(path: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
     """Valid field names at a location of the config, for 'did you mean' hints."""
-    model: Any = ExperimentConfig
+    model: Any = root
     for part in path:
         field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
         if field is None:
@@ -170,28 +198,45 @@ def _section_fields(path: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _explain(err: ValidationError, source: str) -> str:
+def _explain(err: ValidationError, source: str, root: type[BaseModel]) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
-            hint = did_you_mean(str(loc[-1]), _section_fields(loc[:-1]))
-            valid = ", ".join(_section_fields(loc[:-1]))
+            hint = did_you_mean(str(loc[-1]), _section_fields(loc[:-1], root))
+            valid = ", ".join(_section_fields(loc[:-1], root))
             lines.append(f"unknown key '{key}'.{hint} Valid keys here: {valid}.")
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r}).")
     return f"Invalid config {source}:\n  " + "\n  ".join(lines)
 
 
-def build_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+def build_config(raw: dict[str, Any], source: str = "<config>") -> Any:
+    """Validate a raw config dict against the experiment model of its ``task``."""
+    cls = config_class(raw.get("task", "image_classification"), source)
     try:
-        return ExperimentConfig.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as err:
-        raise VislangError(_explain(err, source)) from None
+        raise VislangError(_explain(err, source, cls)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+def _resolve_paths(section: Any, base: Path) -> None:
+    """Make relative file keys of the data section (``path``, ``*_path``, at any depth) relative to the
+    config file's folder, unless they name something that exists from the working directory."""
+    if not isinstance(section, dict):
+        return
+    for key, value in section.items():
+        if isinstance(value, dict):
+            _resolve_paths(value, base)
+        elif (key == "path" or key.endswith("_path")) and isinstance(value, str) and value \
+                and "://" not in value and not Path(value).is_absolute():
+            resolved = (base / value).resolve()
+            if resolved.exists() or not Path(value).exists():
+                section[key] = str(resolved)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Any:
     """Read a YAML experiment file (or start from defaults when ``path`` is None) and apply overrides.
 
     A relative ``data.path`` is resolved against the config file's folder.
@@ -209,18 +254,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise VislangError(f"Config file {p} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise VislangError(f"Config file {p} must hold a mapping of sections (task, data, model, train, eval).")
-        data = raw.get("data")
-        if isinstance(data, dict) and data.get("path") and not Path(data["path"]).is_absolute():
-            resolved = (p.parent / data["path"]).resolve()
-            if resolved.exists() or not Path(data["path"]).exists():
-                data["path"] = str(resolved)
+        _resolve_paths(raw.get("data"), p.parent)
     raw = copy.deepcopy(raw)
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return build_config(raw, source)
 
 
-def save_config(cfg: ExperimentConfig, path: Path) -> None:
+def save_config(cfg: BaseExperiment, path: Path) -> None:
     from vislang.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -31,7 +31,7 @@ from vislang.callbacks import HistoryWriter, ThroughputBar
 from vislang.config import ExperimentConfig, load_config, save_config
 from vislang.errors import VislangError
 from vislang.io import atomic_write_json
-from vislang.tasks.classification import ClassificationTask, metric_mode
+from vislang.tasks.classification import metric_mode
 
 RUN_DIR_ENV = "VISLANG_RUN_DIR"
 
@@ -93,48 +93,32 @@ def _accelerator(cfg: ExperimentConfig) -> str:
     return acc
 
 
+def _spec(cfg: Any) -> Any:
+    from vislang.tasks import task_spec
+
+    return task_spec(cfg.task)
+
+
+def build_task(cfg: Any, info: dict[str, Any]) -> L.LightningModule:
+    """The task's LightningModule for a config and a run's ``data.json`` facts."""
+    return _spec(cfg).build_task(cfg, info)
+
+
+def check_model_config(cfg: Any) -> None:
+    """Fail fast (before any data is read) on an unknown model name or option."""
+    _spec(cfg).check_config(cfg)
+
+
 def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int, int, int]) -> torch.nn.Module:
-    from vislang.models import create_model
+    """An image classifier for ``cfg`` (kept here for scripts; the task module owns it)."""
+    from vislang.tasks.image import build_model as _build
 
-    c, h, w = input_shape
-    return create_model(cfg.model.name, num_classes=num_classes, in_channels=c, image_size=(h, w),
-                        **cfg.model.kwargs())
-
-
-def check_model_config(cfg: ExperimentConfig) -> None:
-    """Fail fast (before any data is decoded) on an unknown model name or option."""
-    from vislang.models import MODELS
-
-    MODELS.get(cfg.model.name).check_kwargs(cfg.model.kwargs(), "Model")
+    return _build(cfg, num_classes, input_shape)
 
 
-def build_task(cfg: ExperimentConfig, info: dict[str, Any]) -> ClassificationTask:
-    """The task (model + batch transform) for a config and a run's ``data.json`` facts."""
-    from vislang.data.augment import BatchTransform
-
-    model = build_model(cfg, len(info["classes"]), tuple(info["input_shape"]))
-    transform = BatchTransform(cfg.data.augment, info["mean"], info["std"])
-    return ClassificationTask(model, cfg, len(info["classes"]), transform=transform)
-
-
-def data_info(dm: Any) -> dict[str, Any]:
-    """The facts about the data a trained model needs (written to data.json; predict reads only this)."""
-    mean, std = dm.normalization  # the constants actually applied (train statistics, or 0..1 scaling)
-    return {
-        "dataset": dm.cfg.dataset,
-        "classes": list(dm.classes),
-        "class_names": list(dm.class_names),
-        "input_shape": list(dm.input_shape),
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "split_sizes": {k: int(v) for k, v in dm.split_sizes.items()},
-        "class_counts": {k: [int(c) for c in v] for k, v in dm.class_counts.items()},
-    }
-
-
-def _callbacks(cfg: ExperimentConfig, run_dir: Path, has_val: bool, quiet: bool) -> list[L.Callback]:
+def _callbacks(cfg: Any, run_dir: Path, has_val: bool, quiet: bool) -> list[L.Callback]:
     t = cfg.train
-    monitor = t.checkpoint_monitor if has_val else "train/loss"
+    monitor = (t.checkpoint_monitor or _spec(cfg).default_monitor) if has_val else "train/loss"
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                         mode=metric_mode(monitor), save_last=True, save_top_k=1, auto_insert_metric_name=False,
@@ -165,12 +149,10 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
-def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = False) -> Path:
+def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Train ``cfg`` into a new run directory (or continue ``resume``), evaluate it, return the run path."""
-    from vislang.data.datamodule import ImageDataModule
-    from vislang.evaluate import evaluate_run
-
-    check_model_config(cfg)
+    spec = _spec(cfg)
+    spec.check_config(cfg)
     _quiet_lightning()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -190,16 +172,13 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
         run_dir, ckpt = unique_run_dir(cfg.output_dir, cfg.name), None
     worker = is_ddp_worker()
 
-    dm = ImageDataModule(cfg.data, cfg.seed)
+    dm = spec.make_datamodule(cfg)
     dm.setup("fit")
-    info = data_info(dm)
+    info = spec.data_info(dm)
     has_val = dm.split_sizes.get("val", 0) > 0
-    task = build_task(cfg, info)
-    if resume is None and hasattr(task.model, "init_whitening"):
-        # data-dependent init (fastnet's PCA-whitened stem) from a seeded sample of training images
-        sample = dm.images["train"][torch.randperm(len(dm.images["train"]))[:5000]]
-        with torch.no_grad():
-            task.model.init_whitening(task.transform(sample, train=False))
+    task = spec.build_task(cfg, info)
+    if resume is None:
+        spec.prepare(task, dm)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None and not worker:
@@ -216,9 +195,8 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
     if not worker:
         atomic_write_json(run_dir / "run.json", status)
     if not quiet:
-        sizes = ", ".join(f"{k} {v:,}" for k, v in info["split_sizes"].items())
         print(f"{run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M parameters) on {accelerator} "
-              f"({torch.get_num_threads()} threads, {precision}), {len(info['classes'])} classes, images {sizes}", flush=True)
+              f"({torch.get_num_threads()} threads, {precision}), {spec.summary(info)}", flush=True)
 
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
@@ -251,14 +229,14 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, quiet: bool = Fa
     status.update(status="trained", train_time_s=round(train_time, 2), epochs_done=trainer.current_epoch,
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / "run.json", status)
-    evaluate_run(run_dir, splits=["val", cfg.eval.split] if has_val else [cfg.eval.split],
-                 checkpoint=cfg.eval.checkpoint, dm=dm)
+    spec.evaluate_run(run_dir, splits=["val", cfg.eval.split] if has_val else [cfg.eval.split],
+                      checkpoint=cfg.eval.checkpoint, dm=dm)
     status["status"] = "finished"
     atomic_write_json(run_dir / "run.json", status)
     return run_dir
 
 
-def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[ExperimentConfig, dict[str, Any], ClassificationTask]:
+def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[Any, dict[str, Any], L.LightningModule]:
     """Config, data facts and the trained task (in eval mode, on the CPU) of a run directory."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
