@@ -13,8 +13,10 @@ import numpy as np
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
+    precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
+    roc_curve,
 )
 
 
@@ -36,11 +38,14 @@ def roc_auc(probs: np.ndarray, targets: np.ndarray) -> float | None:
 
 
 def classification_metrics(
-    probs: np.ndarray, targets: np.ndarray, class_names: list[str], top_k: int = 5
+    probs: np.ndarray, targets: np.ndarray, class_names: list[str], top_k: int = 5,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
-    """All end-of-run metrics for one split."""
+    """All end-of-run metrics for one split; binary tasks decide ``p(class 1) >= threshold`` when given."""
     n_classes = probs.shape[1]
     preds = probs.argmax(1)
+    if threshold is not None and n_classes == 2:
+        preds = (probs[:, 1] >= threshold).astype(np.int64)
     labels = np.arange(n_classes)
     p, r, f, support = precision_recall_fscore_support(targets, preds, labels=labels, zero_division=0)
     out: dict[str, Any] = {
@@ -64,7 +69,24 @@ def classification_metrics(
         for i, name in enumerate(class_names)
     ]
     out["confusion_matrix"] = confusion_matrix(targets, preds, labels=labels).tolist()
+    if threshold is not None and n_classes == 2:
+        out["threshold"] = float(threshold)
+        out["accuracy_argmax"] = float((probs.argmax(1) == targets).mean())
     return out
+
+
+def tune_threshold(scores: np.ndarray, targets: np.ndarray, method: str = "f1") -> tuple[float, float]:
+    """The threshold on positive-class scores maximising F1 of the positive class (``f1``) or Youden's
+    J = TPR - FPR (``youden``) over ``targets`` (0/1); returns (threshold, best score)."""
+    if method == "f1":
+        precision, recall, thresholds = precision_recall_curve(targets, scores)
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        best = int(np.argmax(f1))
+        return float(thresholds[best]), float(f1[best])
+    fpr, tpr, thresholds = roc_curve(targets, scores)
+    j = (tpr - fpr)[1:]  # the first threshold is +inf (nothing positive)
+    best = int(np.argmax(j))
+    return float(thresholds[1:][best]), float(j[best])
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,0 +1,226 @@
+"""The image data path of pretrained backbones: their preprocessing, balanced sampling and cached features.
+
+* :class:`TransferTransform`: batched augmentation at the stored size, then the backbone's own
+  preprocessing (grayscale → RGB, its mean/std, resize to its input size with its interpolation),
+  all on whole batches on the training device; batches of cached features pass through untouched.
+* :class:`TransferDataModule`: :class:`~vislang.data.datamodule.ImageDataModule` plus
+  ``data.sampler: balanced`` and, once :func:`attach_features` has run, loaders that serve cached
+  backbone features instead of images (training picks one cached view per image per epoch;
+  evaluation gets all test-time views ``[B, V, D]``, which the task averages).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from vislang.config import AugmentConfig, DataConfig
+from vislang.data.augment import BatchTransform
+from vislang.data.datamodule import BatchIndexSampler, ImageDataModule, _rng, stratified_sample
+from vislang.data.features import cached_features
+from vislang.data.sampling import BalancedBatchSampler
+from vislang.errors import VislangError
+from vislang.models.backbones import Preprocess, image_preprocessing
+
+log = logging.getLogger("vislang.data")
+
+
+def is_feature_batch(x: Tensor) -> bool:
+    """Cached features are float ``[B, D]`` or ``[B, V, D]``; images are uint8 ``[B, C, H, W]``."""
+    return x.is_floating_point() and x.dim() in (2, 3)
+
+
+class TransferTransform(nn.Module):
+    """``forward(x_uint8 [B,C,H,W], train) → float [B,3,h,w]`` ready for a pretrained backbone."""
+
+    def __init__(self, aug: AugmentConfig, preprocess: dict[str, Any], channels: int = 3) -> None:
+        super().__init__()
+        self.aug = aug
+        self.geometry = BatchTransform(aug, [0.0] * channels, [1.0] * channels)  # crop/translate/flip only
+        self.preprocess: Preprocess = image_preprocessing(preprocess)
+
+    def forward(self, x: Tensor, train: bool = False) -> Tensor:
+        if is_feature_batch(x):
+            return x
+        if x.dim() == 3:
+            return self.forward(x[None], train)[0]
+        if train:
+            x = self.geometry.geometric(x)
+        out = self.preprocess(x)
+        if train and self.aug.cutout:
+            size = max(1, round(self.aug.cutout * out.shape[-1] / x.shape[-1]))
+            out = BatchTransform.cutout(out, size)
+        return out
+
+
+class FeatureBatchDataset(Dataset):
+    """Whole batches of cached features: ``[N, V, D]`` float16 in RAM → float32 batches.
+
+    Training (``pick_view``): one random view per item (torch's global RNG, seeded by the run);
+    evaluation: all ``views`` (``[B, V, D]``) or, with one view, ``[B, D]``.
+    """
+
+    def __init__(self, features: Tensor, labels: Tensor, pick_view: bool, views: int | None = None) -> None:
+        self.features, self.labels, self.pick_view = features, labels, pick_view
+        self.views = views or features.shape[1]
+
+    def __getitem__(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.features[index]
+        if self.pick_view and feats.shape[1] > 1:
+            view = torch.randint(feats.shape[1], (len(index),))
+            feats = feats[torch.arange(len(index)), view]
+        elif self.views == 1 or self.pick_view:
+            feats = feats[:, 0]
+        else:
+            feats = feats[:, :self.views]
+        return feats.float(), self.labels[index]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class TransferDataModule(ImageDataModule):
+    """ImageDataModule with balanced sampling, a backbone's preprocessing and cached features."""
+
+    def __init__(self, cfg: DataConfig, seed: int = 0, progress: bool = True,
+                 preprocess: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, seed, progress)
+        self.preprocess = preprocess
+        self.features: dict[str, Tensor] = {}  # split -> [N, V, D] float16
+        self.eval_views: dict[str, int] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """ImageDataModule's setup, then a check that there is something to classify."""
+        if self.dataset is not None:
+            return
+        super().setup(stage)
+        self._carve_test()
+        if self.num_classes < 2:
+            where = self.cfg.path or self.cfg.dataset
+            raise VislangError(f"{where} has a single class ('{self.classes[0]}'): a classifier needs at least two. "
+                               "Put the images of each class in its own sub-folder (two or more class folders).")
+
+    def _carve_test(self) -> None:
+        """``data.test_fraction``: a stratified, seeded test split carved from train when the data has none."""
+        frac = getattr(self.cfg, "test_fraction", 0.0)
+        if not frac or "test" in self.labels:
+            return
+        labels = self.labels["train"].numpy()
+        total = len(labels) + len(self.labels.get("val", ()))  # a fraction of all the labelled images
+        n_test = max(1, round(total * frac))
+        test_idx = torch.from_numpy(stratified_sample(labels, n_test, _rng(self.seed, "test")))
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        keep[test_idx] = False
+        if not keep.any():
+            raise VislangError(f"data.test_fraction={frac} leaves no training images out of {len(labels)}.")
+        for store in (self.images, self.labels):
+            store["test"], store["train"] = store["train"][test_idx], store["train"][keep]
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """A pretrained backbone's own mean/std (0..255 scale); the dataset's otherwise."""
+        if self.preprocess is None:
+            return super().normalization
+        return ([m * 255.0 for m in self.preprocess["mean"]], [s * 255.0 for s in self.preprocess["std"]])
+
+    def dataloader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        """Like ImageDataModule's, plus balanced sampling (training) and cached features when attached."""
+        loader = super().dataloader(split, shuffle, batch_size)
+        sampler = loader.sampler
+        dataset = loader.dataset
+        if split in self.features:
+            dataset = FeatureBatchDataset(self.features[split], self.labels[split], pick_view=shuffle,
+                                          views=self.eval_views.get(split))
+        if shuffle and self.cfg.sampler == "balanced":
+            assert isinstance(sampler, BatchIndexSampler)
+            sampler = BalancedBatchSampler(self.labels[split], sampler.batch_size, seed=self.seed,
+                                           drop_last=sampler.drop_last)
+        if dataset is loader.dataset and sampler is loader.sampler:
+            return loader
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+
+# ------------------------------------------------------------------------------ feature cache
+
+
+def _view_seed(seed: int, view: str) -> int:
+    return zlib.crc32(f"{seed}/{view}".encode())
+
+
+def view_names(cfg: DataConfig, split: str, tta_flip: bool) -> list[str]:
+    """Cached views of a split: training gets ``clean``, ``flip`` (augment.flip) and ``aug<k>`` random
+    augmentations up to ``data.feature_views``; evaluation splits get ``clean`` (+ ``flip`` for flip TTA)."""
+    if split != "train":
+        return ["clean", "flip"] if tta_flip else ["clean"]
+    views = ["clean"] + (["flip"] if cfg.augment.flip else [])
+    random_aug = cfg.augment.crop_padding or cfg.augment.translate  # (cutout is not applied to cached views)
+    if random_aug:
+        views += [f"aug{k}" for k in range(1, cfg.feature_views)]
+    return views[:cfg.feature_views]
+
+
+@torch.no_grad()
+def split_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
+                   aug: AugmentConfig, seed: int, desc: str, progress: bool = True,
+                   batch_size: int = 64) -> Tensor:
+    """Pooled features ``[N, V, D]`` (float16) of the backbone for each view, as ``model.forward_features``
+    gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache."""
+    pre = image_preprocessing(preprocess)
+    geometry = BatchTransform(aug, [0.0] * images.shape[1], [1.0] * images.shape[1])
+    was_training = model.training
+    model.eval()
+    base = {"kind": "avg+max pooled", "backbone": preprocess["backbone"], "weights": preprocess.get("weights"),
+            "timm_kwargs": preprocess.get("timm_kwargs", {}),
+            "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
+    out = []
+    try:
+        for view in views:
+            key = dict(base, view=view)
+            if view.startswith("aug"):
+                key.update(augment=aug.model_dump(), seed=seed)
+
+            def extract(x: Tensor, view: str = view) -> dict[str, Tensor]:
+                if view == "flip":
+                    x = x.flip(-1)
+                elif view.startswith("aug"):
+                    x = geometry.geometric(x)
+                grid = model.forward_grid(pre(x))  # the ops of the model's own pooling (timm's SelectAdaptivePool2d)
+                return {"avg": F.adaptive_avg_pool2d(grid, 1).flatten(1), "max": F.adaptive_max_pool2d(grid, 1).flatten(1)}
+
+            with torch.random.fork_rng():
+                torch.manual_seed(_view_seed(seed, view))
+                pooled = cached_features(key, images, extract, batch_size=batch_size, progress=progress,
+                                         desc=f"{desc}/{view}", name=f"{preprocess['backbone']}-{view}")
+            # both poolings are cached, so changing model.pooling reuses the cache
+            parts = {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
+            out.append(torch.cat([torch.from_numpy(np.array(pooled[k])) for k in parts], 1))  # copy: memmaps are read-only
+    finally:
+        model.train(was_training)
+    return torch.stack(out, 1)
+
+
+def attach_features(model: nn.Module, dm: TransferDataModule, *, tta_flip: bool, seed: int,
+                    progress: bool = True, splits: list[str] | None = None) -> None:
+    """Compute (or read back) the frozen backbone's features of ``splits`` (default: all) and make ``dm``
+    serve them; other splits are served as images (the checkpoint holds the whole model)."""
+    assert dm.preprocess is not None
+    pre = dict(dm.preprocess, weights=getattr(model, "data_cfg", {}).get("weights"),
+               timm_kwargs=getattr(model, "data_cfg", {}).get("timm_kwargs", {}))
+    for split, images in dm.images.items():
+        if splits is not None and split not in splits:
+            continue
+        views = view_names(dm.cfg, split, tta_flip)
+        dm.features[split] = split_features(model, images, views, preprocess=pre, aug=dm.cfg.augment, seed=seed,
+                                            desc=f"{pre['backbone']}:{split}", progress=progress)
+        if split == "train":
+            dm.eval_views[split] = 1  # evaluating the train split uses the un-augmented view
+    if dm.cfg.feature_views > 1 and dm.features["train"].shape[1] < dm.cfg.feature_views:
+        log.warning("data.feature_views=%d but data.augment gives only %d distinct view(s); cached %d",
+                    dm.cfg.feature_views, dm.features["train"].shape[1], dm.features["train"].shape[1])

