@@ -1,0 +1,1 @@
+"""Tuning: k-fold cross-validation (:mod:`vislang.tune.cv`) and Optuna sweeps (:mod:`vislang.tune.sweep`)."""
