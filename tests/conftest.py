@@ -43,3 +43,19 @@ def sample_root(vislang_env: None) -> Path:
     from vislang.data.registry import cifar10_sample_archive
 
     return fetch(cifar10_sample_archive(), progress=False) / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def small_image_run(vislang_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart experiment made small (800 sample images, CNN 16-32, 2 epochs), trained once per
+    session for the explain, report and compare tests. Tests must not modify it (copy it first)."""
+    from importlib import resources
+
+    from vislang.config import load_config
+    from vislang.run import train
+
+    out = tmp_path_factory.mktemp("small_image_run")
+    with resources.as_file(resources.files("vislang") / "assets" / "quickstart_image.yaml") as path:
+        cfg = load_config(path, [f"output_dir={out}", "seed=1", "train.epochs=2", "train.threads=2",
+                                 "data.subset={train: 800, test: 200}", "model.channels=[[16], [32]]"])
+    return train(cfg, quiet=True)

@@ -1,5 +1,6 @@
 """Every recipe in configs/ is a valid experiment whose model builds: a typo in a recipe fails here."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ def test_recipe_is_valid_and_documented(path):
     assert cfg.name == path.stem
     assert cfg.data.dataset in DATASETS
     check_model_config(cfg)
-    size = 64 if cfg.data.dataset.startswith("tinyimagenet") else 32
-    model = build_model(cfg, 10, (3, size, size))
-    assert sum(p.numel() for p in model.parameters()) > 0
+    if cfg.task == "image_classification":  # text and caption recipes build in their own tests
+        size = 64 if cfg.data.dataset.startswith("tinyimagenet") else 32
+        model = build_model(cfg, 10, (3, size, size))
+        assert sum(p.numel() for p in model.parameters()) > 0
     header = path.read_text().split("\nname:")[0]
-    assert "vislang train configs/" in header and "Reached here" in header
+    assert re.search(r"vislang (train|sweep|cv) configs/", header) and "Reached here" in header

@@ -107,14 +107,16 @@ class HistoryWriter(EpochThroughput):
 
 
 class ThroughputBar(EpochThroughput, TQDMProgressBar):
-    """Lightning's tqdm bar (rate and ETA) plus the training throughput in images per second."""
+    """Lightning's tqdm bar (rate and ETA) plus the training throughput in examples per second
+    (``unit``: img/s for images, sent/s for texts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "img/s") -> None:
         super().__init__(refresh_rate=5)
+        self.unit = unit
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         if self.rate:
-            items["img/s"] = f"{self.rate:.0f}"
+            items[self.unit] = f"{self.rate:.0f}"
         return items

@@ -46,14 +46,22 @@ def cli_errors(fn: Any) -> Any:
 def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("split")
-    keys = ["accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr"]
+    keys = ["accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr",
+            "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "similarity"]  # + captioning
     splits = [s for s in metrics if s != "summary" and isinstance(metrics[s], dict)]
     keys = [k for k in keys if any(k in metrics[s] for s in splits)]
     for k in keys:
         table.add_column(k, justify="right")
-    for s in splits:
-        table.add_row(s, *[f"{metrics[s][k]:.4f}" if k in metrics[s] else "-" for k in keys])
+    for s in splits:  # a missing metric (METEOR without Java) shows as '-', never as 0
+        table.add_row(s, *[f"{metrics[s][k]:.4f}" if isinstance(metrics[s].get(k), (int, float)) else "-" for k in keys])
     return table
+
+
+def _check_run_dir(run: Path) -> None:
+    if not run.is_dir():
+        raise VislangError(f"Run directory {run} does not exist.")
+    if not (run / "config.yaml").is_file():
+        raise VislangError(f"{run} is not a vislang run directory (it has no config.yaml).")
 
 
 def _report_run(run_dir: Path) -> None:
@@ -96,15 +104,23 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="run directory")],
     split: Annotated[str | None, typer.Option(help="split to score (default: the config's eval.split)")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    beam: Annotated[int | None, typer.Option(help="captioning: beam size (default: the config's eval.beam)")] = None,
 ) -> None:
     """Score a trained run on a split; updates metrics.json, predictions and plots."""
+    import inspect
+
     from vislang.config import load_config
     from vislang.tasks import task_spec
 
-    if not (run / "config.yaml").is_file():
-        raise VislangError(f"{run} is not a vislang run directory (it has no config.yaml).")
-    spec = task_spec(load_config(run / "config.yaml").task)
-    metrics = spec.evaluate_run(run, [split] if split else None, checkpoint=checkpoint)
+    _check_run_dir(run)
+    task = load_config(run / "config.yaml").task
+    spec = task_spec(task)
+    extra = {}
+    if beam is not None:
+        if "beam" not in inspect.signature(spec.evaluate_run).parameters:
+            raise VislangError(f"--beam applies to captioning runs; {run} is a {task} run.")
+        extra["beam"] = beam
+    metrics = spec.evaluate_run(run, [split] if split else None, checkpoint=checkpoint, **extra)
     console.print(_metrics_table(metrics, f"run {run}"))
 
 
@@ -121,8 +137,7 @@ def predict(
     from vislang.config import load_config
     from vislang.tasks import task_spec
 
-    if not (run / "config.yaml").is_file():
-        raise VislangError(f"{run} is not a vislang run directory (it has no config.yaml).")
+    _check_run_dir(run)
     spec = task_spec(load_config(run / "config.yaml").task)
     spec.predict_cli(run, list(inputs or []), texts=list(text or []), top_k=top_k, beam=beam, console=console)
 
@@ -144,7 +159,9 @@ def quickstart(
         raise VislangError(f"No quickstart example '{task}'; choose image, text or captioning.")
     with resources.as_file(asset) as path:
         cfg = load_config(path, overrides)
-    intro = {"image": "a small CNN on 5,000 real CIFAR-10 images shipped with vislang"}
+    intro = {"image": "a small CNN on 5,000 real CIFAR-10 images shipped with vislang",
+             "text": "a BiLSTM with attention on 600 real SST-2 sentences shipped with vislang",
+             "captioning": "a small transformer captioner on 60 real Flickr8k photos shipped with vislang"}
     console.print(f"[bold]vislang quickstart[/]: {intro.get(task, cfg.name)}")
     run_dir = run_train(cfg)
     _report_run(run_dir)
@@ -175,7 +192,8 @@ def data_fetch(name: Annotated[str, typer.Argument(help="dataset name (vislang d
 
     ds = create_dataset(name)
     sizes = ", ".join(f"{split} {len(s):,}" for split, s in ds.splits.items())
-    console.print(f"{name}: {ds.num_classes} classes; {sizes}")
+    what = f"{ds.num_classes} classes" if hasattr(ds, "num_classes") else f"{ds.num_captions:,} captions"  # caption sets
+    console.print(f"{name}: {what}; {sizes}")
 
 
 @models_app.command("list")
@@ -187,11 +205,100 @@ def models_list(task: Annotated[str | None, typer.Option(help="image")] = None) 
     table = Table(title="models")
     for col in ("name", "task", "description", "options"):
         table.add_column(col)
-    skip = {"num_classes", "in_channels", "image_size"}
+    skip = {"num_classes", "in_channels", "image_size", "vocab_size", "feature_dim", "grid_positions", "embeddings"}
     for e in MODELS.entries(**({"task": task} if task else {})):
         opts = ", ".join(f"{k}={p.default!r}" for k, p in e.parameters().items() if k not in skip)
         table.add_row(e.name, str(e.meta.get("task")), e.doc, opts)
     console.print(table)
+
+
+@app.command()
+@cli_errors
+def explain(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    inputs: Annotated[list[Path] | None, typer.Option("--inputs", "-i", help="image files to explain (default: one per class from --split)")] = None,
+    method: Annotated[list[str] | None, typer.Option("--method", "-m", help="saliency, ig, gradcam, activations, max_activating, errors or all (repeatable)")] = None,
+    layer: Annotated[list[str] | None, typer.Option("--layer", "-l", help="layer name for activations / max_activating (default: the Grad-CAM layer)")] = None,
+    channels: Annotated[str | None, typer.Option(help="channels to show for max_activating, e.g. 0-15,32")] = None,
+    split: Annotated[str | None, typer.Option(help="split to search (default: val, else the eval split)")] = None,
+    top_k: Annotated[int | None, typer.Option(help="images per channel (max_activating); texts or images explained (text, captioning)")] = None,
+) -> None:
+    """Explain a trained run: attributions, activations, max-activating images, errors → RUN/explain/."""
+    from vislang.explain import explain_run
+    from vislang.report.html import write_report_safely
+
+    paths = explain_run(run, inputs=list(inputs or []), methods=list(method or []), layers=list(layer or []),
+                        channels=channels, split=split, top_k=top_k)
+    for path in paths:
+        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
+    report = write_report_safely(run)
+    console.print(f"explanations in [bold]{run / 'explain'}[/]" + (f"; report updated: {report}" if report else ""),
+                  soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    output: Annotated[Path | None, typer.Option(help="where to write the HTML (default RUN/report.html)")] = None,
+) -> None:
+    """Write one self-contained HTML report of a run (opens offline)."""
+    from vislang.report.html import write_report
+
+    console.print(f"report: [bold]{write_report(run, output)}[/]", soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="two or more run directories")],
+    metric: Annotated[str | None, typer.Option(help="rank by this metric, e.g. test/accuracy or best:val/loss")] = None,
+    output: Annotated[Path, typer.Option(help="HTML file to write")] = Path("compare.html"),
+) -> None:
+    """Leaderboard of runs (metric, params, time, throughput, config differences) + overlaid curves."""
+    from vislang.report.compare import compare_runs, rich_table
+
+    result = compare_runs(runs, metric, output)
+    console.print(rich_table(result))
+    console.print(f"written: {result.html}" + (f", {result.curves}" if result.curves else ""), soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def cv(
+    config: Annotated[Path, typer.Argument(help="experiment YAML")],
+    folds: Annotated[int, typer.Option(help="number of folds")] = 5,
+    jobs: Annotated[int, typer.Option(help="folds trained in parallel processes")] = 1,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: train.lr=0.01")] = None,
+) -> None:
+    """K-fold cross-validation: each fold a normal run; mean ± std of every metric (resumable)."""
+    from vislang.config import load_config
+    from vislang.tune.cv import cv_dir, run_cv, summary_table
+
+    cfg = load_config(config, set_)
+    summary = run_cv(cfg, folds=folds, jobs=jobs, console=console)
+    console.print(summary_table(summary, f"{cfg.name}: {folds}-fold cross-validation"))
+    console.print(f"summary: {cv_dir(cfg, folds) / 'cv_summary.json'}", soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def sweep(
+    config: Annotated[Path, typer.Argument(help="experiment YAML with a sweep: section")],
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite in the sweep folder)")] = None,
+    worker: Annotated[bool, typer.Option(help="join an existing study as one more worker")] = False,
+    trials: Annotated[int | None, typer.Option(help="total trials of the study (overrides sweep.n_trials)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: train.epochs=5")] = None,
+) -> None:
+    """Hyperparameter sweep with Optuna (pruning, SQLite storage, resumable, several workers)."""
+    from vislang.config import load_config
+    from vislang.tune.sweep import run_sweep
+
+    result = run_sweep(load_config(config, set_), storage=storage, worker=worker, n_trials=trials, source=str(config))
+    best = result.study.best_trial if result.best_config else None
+    if best is not None:
+        console.print(f"best: trial {best.number}, value {best.value:.4f}, {best.params}", highlight=False)
+    console.print(f"best recipe: {result.best_config}\nreport: {result.report}", soft_wrap=True)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vislang.errors import VislangError, did_you_mean
 
@@ -40,12 +40,34 @@ class DataConfig(Section):
     image_size: int | tuple[int, int] | None = Field(None, description="resize to this size when decoding (int or [h, w]); null keeps the dataset's own size")
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB; images are converted when decoded")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="validation fraction carved (stratified, seeded) from train when the dataset has no val split")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the labelled images carved (stratified, seeded) from train as a test split when the dataset has none (image folders); 0 = none")
     subset: dict[str, int] = Field(default_factory=dict, description="cap per split, e.g. {train: 5000, test: 1000}; stratified and seeded")
     skip_corrupt: bool = Field(False, description="skip unreadable images (counted in the log) instead of stopping")
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
-    normalize: Literal["dataset", "none"] = Field("dataset", description="standardise with the train split's per-channel mean/std")
+    normalize: Literal["dataset", "none"] = Field("dataset", description="standardise with the train split's per-channel mean/std (pretrained backbones always use their own mean/std)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    sampler: Literal["shuffle", "balanced"] = Field("shuffle", description="training order: shuffle = a permutation per epoch; balanced = draw with replacement, each class equally likely (imbalanced data)")
+    feature_cache: bool = Field(True, description="frozen pretrained backbone (model.freeze: all): compute its features once per image, cache them on disk and train only the head")
+    feature_views: int = Field(1, ge=1, description="feature cache: views cached per training image: the image, then its mirror (augment.flip), then random augmentations from data.augment; each epoch picks one per image")
+    cv_folds: int | None = Field(None, ge=2, description="k-fold cross-validation: number of stratified, seeded folds of the train split (vislang cv sets it)")
+    cv_fold: int | None = Field(None, ge=0, description="the fold (0 .. cv_folds-1) used as validation; the test split is untouched")
+
+    @model_validator(mode="after")
+    def _cv(self) -> DataConfig:
+        if (self.cv_folds is None) != (self.cv_fold is None):
+            raise ValueError("cv_folds and cv_fold go together: set both (or neither)")
+        if self.cv_folds is not None and self.cv_fold >= self.cv_folds:
+            raise ValueError(f"cv_fold must be below cv_folds ({self.cv_folds})")
+        return self
+
+    @field_validator("subset")
+    @classmethod
+    def _subset(cls, v: dict[str, int]) -> dict[str, int]:
+        for split, n in v.items():
+            if n < 1:
+                raise ValueError(f"subset.{split} must be at least 1 (leave the split out to keep it whole)")
+        return v
 
     @field_validator("image_size")
     @classmethod
@@ -103,6 +125,8 @@ class TrainConfig(Section):
     early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     checkpoint_monitor: str | None = Field(None, description="metric that picks the best checkpoint; null = the task's own (val/acc for classification)")
     ema: EmaConfig = Field(default_factory=EmaConfig)
+    class_weights: Literal["auto"] | list[float] | dict[str, float] | None = Field(None, description="loss weight per class: auto = inverse class frequency (n / (classes * count)); a list (class order) or a {class: weight} map; null = equal")
+    backbone_lr_mult: float = Field(1.0, gt=0, description="learning rate of a pretrained backbone's parameters as a fraction of lr (discriminative learning rates; e.g. 0.1); the head uses lr")
 
 
 class EvalConfig(Section):
@@ -111,6 +135,7 @@ class EvalConfig(Section):
     tta_translate: int = Field(0, ge=0, description="also average over copies shifted by this many pixels (up-left and down-right, reflect padding); 0 = off")
     top_k: int = Field(5, ge=1)
     checkpoint: Literal["best", "last"] = "best"
+    threshold: Literal["f1", "youden"] | float | None = Field(None, description="binary tasks: decision threshold on the positive class's probability: f1 / youden = tuned on the val split (saved in the run, used by test metrics and predict), a number = fixed; null = argmax")
 
 
 class BaseExperiment(Section):
@@ -123,6 +148,7 @@ class BaseExperiment(Section):
     output_dir: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: dict[str, Any] | None = Field(None, description="search space and objective of `vislang sweep` (validated by vislang.tune.sweep); ignored by train")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -20,38 +20,46 @@ from vislang.run import load_run, read_json
 
 @torch.no_grad()
 def predict_split(task: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities ``[N, C]`` and targets ``[N]`` over a loader of raw uint8 batches."""
+    """Probabilities ``[N, C]`` and targets ``[N]`` over a loader of raw uint8 image batches (made ready by
+    ``task.transform``), or of ready inputs such as text ``(ids, lengths)`` tuples (``task.transform`` None)."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
     task.eval()
     device = next(task.parameters()).device
     probs, targets = [], []
     for x, y in loader:
-        x = task.transform(x.to(device), train=False)
+        x = move_data_to_device(x, device)
+        if task.transform is not None:
+            x = task.transform(x, train=False)
         probs.append(task.predict_proba(x).cpu())
         targets.append(y)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
-def _write_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> None:
+def _write_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, class_names: list[str],
+                       texts: list[str] | None = None) -> None:
+    """One row per item; ``texts`` (text tasks) adds the input text as the last column."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["index", "true", "predicted", "confidence", "correct", *[f"p_{c}" for c in class_names]])
+    w.writerow(["index", "true", "predicted", "confidence", "correct", *[f"p_{c}" for c in class_names],
+                *(["text"] if texts is not None else [])])
     preds = probs.argmax(1)
     for i, (t, p) in enumerate(zip(targets, preds)):
         w.writerow([i, class_names[t], class_names[p], f"{probs[i, p]:.5f}", int(t == p),
-                    *[f"{v:.5f}" for v in probs[i]]])
+                    *[f"{v:.5f}" for v in probs[i]], *([texts[i]] if texts is not None else [])])
     atomic_write_text(path, buf.getvalue())
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
                  dm: Any = None) -> dict[str, Any]:
     """Score the run's checkpoint on ``splits``; update metrics.json, predictions and plots."""
-    from vislang.data.datamodule import ImageDataModule
+    from vislang.tasks import task_spec
 
     run_dir = Path(run_dir)
     cfg, info, task = load_run(run_dir, checkpoint)
     splits = splits or [cfg.eval.split]
     if dm is None:
-        dm = ImageDataModule(cfg.data, cfg.seed)
+        dm = task_spec(cfg.task).make_datamodule(cfg)
         dm.setup("test")
     names = info["class_names"]
     metrics_path = run_dir / "metrics.json"
@@ -61,10 +69,12 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
         if split not in dm.split_sizes:
             raise VislangError(f"Split '{split}' does not exist in this dataset; it has: {', '.join(dm.split_sizes)}.")
         probs, targets = predict_split(task, dm.dataloader(split))
-        m = classification_metrics(probs, targets, names, top_k=cfg.eval.top_k)
+        threshold = _split_threshold(run_dir, cfg, split, probs, targets)
+        m = classification_metrics(probs, targets, names, top_k=cfg.eval.top_k, threshold=threshold)
         m["checkpoint"] = checkpoint
         all_metrics[split] = m
-        _write_predictions(run_dir / f"predictions_{split}.csv", probs, targets, names)
+        _write_predictions(run_dir / f"predictions_{split}.csv", probs, targets, names,
+                           texts=dm.texts(split) if hasattr(dm, "texts") else None)
         plots.confusion_matrix_plot(np.array(m["confusion_matrix"]), names, plot_dir / f"confusion_{split}.png",
                                     title=f"{split}: accuracy {m['accuracy']:.3f}")
         plots.roc_plot(probs, targets, names, plot_dir / f"roc_{split}.png")
@@ -78,6 +88,34 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     atomic_write_json(metrics_path, all_metrics)
     plots.learning_curves(read_history(run_dir / "history.csv"), plot_dir)
     return all_metrics
+
+
+def _split_threshold(run_dir: Path, cfg: Any, split: str, probs: np.ndarray, targets: np.ndarray) -> float | None:
+    """The binary decision threshold for ``split`` (``eval.threshold``): tuned on val (and saved in the run's
+    threshold.json), read back for other splits, or fixed; None = argmax."""
+    from vislang.metrics.classification import tune_threshold
+
+    method = getattr(cfg.eval, "threshold", None)
+    if method is None or probs.shape[1] != 2:
+        return None
+    if not isinstance(method, str):
+        return float(method)
+    if split == "val" and len(np.unique(targets)) == 2:
+        t, score = tune_threshold(probs[:, 1], targets, method)
+        atomic_write_json(run_dir / "threshold.json", {"threshold": t, "method": method, f"val_{method}": score})
+        return t
+    return run_threshold(run_dir)
+
+
+def run_threshold(run_dir: Path) -> float | None:
+    """The decision threshold a binary run applies (fixed in its config, or tuned on val), or None."""
+    from vislang.config import load_config
+
+    method = getattr(load_config(Path(run_dir) / "config.yaml").eval, "threshold", None)
+    if method is None or not isinstance(method, str):
+        return None if method is None else float(method)
+    path = Path(run_dir) / "threshold.json"
+    return float(read_json(path)["threshold"]) if path.is_file() else None
 
 
 def load_image_files(paths: list[Path], input_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -121,15 +121,18 @@ def _callbacks(cfg: Any, run_dir: Path, has_val: bool, quiet: bool) -> list[L.Ca
     monitor = (t.checkpoint_monitor or _spec(cfg).default_monitor) if has_val else "train/loss"
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                        mode=metric_mode(monitor), save_last=True, save_top_k=1, auto_insert_metric_name=False,
+                        mode=metric_mode(monitor), save_last=False, save_top_k=1, auto_insert_metric_name=False,
                         enable_version_counter=False,
                         # at train-epoch end (after validation, after HistoryWriter): checkpoint and
                         # history always describe the same epochs
                         save_on_train_epoch_end=True),
+        # last.ckpt after every epoch (Lightning's save_last writes it only when `best` improved)
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False, save_on_train_epoch_end=True),
         HistoryWriter(run_dir / "history.csv"),
     ]
     if not quiet:
-        callbacks.append(ThroughputBar())
+        callbacks.append(ThroughputBar(unit={"text_classification": "sent/s"}.get(cfg.task, "img/s")))
     es = t.early_stopping
     if es.monitor:
         mode = metric_mode(es.monitor) if es.mode == "auto" else es.mode
@@ -149,8 +152,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
-def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False) -> Path:
-    """Train ``cfg`` into a new run directory (or continue ``resume``), evaluate it, return the run path."""
+def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
+          callbacks: list[L.Callback] | None = None) -> Path:
+    """Train ``cfg`` into a new run directory (or continue ``resume``), evaluate it, return the run path.
+
+    ``callbacks`` are added to the run's own (e.g. the sweep's pruning callback)."""
     spec = _spec(cfg)
     spec.check_config(cfg)
     _quiet_lightning()
@@ -199,13 +205,13 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False) -> Path:
               f"({torch.get_num_threads()} threads, {precision}), {spec.summary(info)}", flush=True)
 
     trainer = L.Trainer(
-        max_epochs=cfg.train.epochs,
+        max_epochs=getattr(spec, "max_epochs", lambda c: c.train.epochs)(cfg),  # captioning: + SCST epochs
         accelerator=accelerator,
         devices=cfg.train.devices,
         strategy="ddp" if cfg.train.devices > 1 else "auto",
         precision=precision,
         gradient_clip_val=cfg.train.grad_clip,
-        callbacks=_callbacks(cfg, run_dir, has_val, quiet),
+        callbacks=_callbacks(cfg, run_dir, has_val, quiet) + list(callbacks or []),
         logger=False,
         default_root_dir=run_dir,
         # CUDA needs deterministic kernels for same-seed-same-result; on the CPU the kernels used here
@@ -233,6 +239,9 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False) -> Path:
                       checkpoint=cfg.eval.checkpoint, dm=dm)
     status["status"] = "finished"
     atomic_write_json(run_dir / "run.json", status)
+    from vislang.report.html import write_report_safely
+
+    write_report_safely(run_dir)  # a report failure only warns: the trained run is complete
     return run_dir
 
 

@@ -130,7 +130,9 @@ class ImageDataModule(L.LightningDataModule):
                     f"{', '.join(sorted(known))}."
                 )
         splits = {name: self._cap(name, split) for name, split in splits.items()}
-        if "val" not in splits and cfg.val_fraction > 0:
+        if cfg.cv_folds is not None:
+            splits["train"], splits["val"] = self._cv_split(splits["train"], splits.pop("val", None))
+        elif "val" not in splits and cfg.val_fraction > 0:
             splits["train"], splits["val"] = self._carve_val(splits["train"])
             splits["val"] = self._cap("val", splits["val"])
         for name, split in splits.items():
@@ -164,6 +166,23 @@ class ImageDataModule(L.LightningDataModule):
             )
         val_idx = stratified_sample(train.labels, n_val, _rng(self.seed, "val"))
         train_idx = np.setdiff1d(np.arange(len(train)), val_idx)
+        return train.take(train_idx), train.take(val_idx)
+
+    def _cv_split(self, train: ImageSplit, val: ImageSplit | None) -> tuple[ImageSplit, ImageSplit]:
+        """Fold ``cv_fold`` of a stratified, seeded ``cv_folds``-fold split of train (pooled with the
+        dataset's own val split, if any) as validation, the other folds as train."""
+        from sklearn.model_selection import StratifiedKFold
+
+        if val is not None:
+            items = np.concatenate([train.items, val.items]) if train.is_array else [*train.items, *val.items]
+            train = ImageSplit(items, np.concatenate([train.labels, val.labels]))
+        k = self.cfg.cv_folds
+        smallest = int(np.unique(train.labels, return_counts=True)[1].min())
+        if smallest < k:
+            raise VislangError(f"data.cv_folds={k}: a class has only {smallest} training images; "
+                               f"use at most {max(2, smallest)} folds or a larger data.subset.")
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(_rng(self.seed, "cv").integers(2**31)))
+        train_idx, val_idx = list(folds.split(np.zeros(len(train)), train.labels))[self.cfg.cv_fold]
         return train.take(train_idx), train.take(val_idx)
 
     # -- what the trainer and models need ----------------------------------------------------

@@ -19,6 +19,29 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from vislang.config import ExperimentConfig, TrainConfig
 
 
+def class_weights_tensor(spec: Any, classes: list[str], counts: list[int]) -> torch.Tensor | None:
+    """Loss weights from ``train.class_weights``: ``auto`` = inverse frequency ``n / (C * count)`` (as
+    scikit-learn's 'balanced'; a class absent from train gets 0), a list in class order, or a
+    ``{class: weight}`` map (classes not named get 1); None stays None."""
+    from vislang.errors import VislangError, did_you_mean
+
+    if spec is None:
+        return None
+    if spec == "auto":
+        c = torch.tensor(counts, dtype=torch.float32)
+        return torch.where(c > 0, c.sum() / (len(counts) * c.clamp(min=1)), torch.zeros_like(c))
+    if isinstance(spec, dict):
+        unknown = [k for k in spec if str(k) not in classes]
+        if unknown:
+            raise VislangError(f"train.class_weights names class '{unknown[0]}', which is not a class of the data."
+                               f"{did_you_mean(str(unknown[0]), classes)} Classes: {', '.join(classes)}.")
+        return torch.tensor([float(spec.get(c, 1.0)) for c in classes], dtype=torch.float32)
+    if len(spec) != len(classes):
+        raise VislangError(f"train.class_weights has {len(spec)} weights but the data has {len(classes)} classes "
+                           f"({', '.join(classes)}); give one per class, a {{class: weight}} map, or auto.")
+    return torch.tensor([float(w) for w in spec], dtype=torch.float32)
+
+
 def metric_mode(metric: str) -> str:
     """'min' for losses and errors, 'max' for everything else (accuracy, F1, AUC)."""
     return "min" if any(w in metric for w in ("loss", "err")) else "max"
@@ -54,25 +77,30 @@ class ClassificationTask(L.LightningModule):
             x = self.transform(x, train=self.trainer.training if self._trainer else False)
         return x, y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: Any) -> torch.Tensor:
+        """Logits for a prepared batch input: a tensor (images), or a tuple / dict of tensors (text: ids, lengths)."""
+        if isinstance(x, (tuple, list)):
+            return self.model(*x)
+        return self.model(**x) if isinstance(x, dict) else self.model(x)
 
     def tta_views(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The test-time views of a prepared batch chosen by ``eval.tta_flip`` / ``eval.tta_translate``."""
         views = [x]
-        shift = self.cfg.eval.tta_translate
+        if not isinstance(x, torch.Tensor):  # text inputs (ids, lengths): no test-time views
+            return views
+        shift = getattr(self.cfg.eval, "tta_translate", 0)
         if shift and x.dim() == 4:
             padded = F.pad(x, (shift,) * 4, mode="reflect")
             h, w = x.shape[-2:]
             views += [padded[..., :h, :w], padded[..., 2 * shift:, 2 * shift:]]  # up-left, down-right
-        if self.cfg.eval.tta_flip:
+        if getattr(self.cfg.eval, "tta_flip", False):
             views += [v.flip(-1) for v in views]
         return views
 
     def predict_proba(self, x: torch.Tensor, tta: bool = True) -> torch.Tensor:
         """Class probabilities for a prepared (normalised) batch, averaged over the configured TTA views."""
         views = self.tta_views(x) if tta else [x]
-        return torch.stack([self.model(v).float().softmax(-1) for v in views]).mean(0)
+        return torch.stack([self(v).float().softmax(-1) for v in views]).mean(0)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -80,9 +108,15 @@ class ClassificationTask(L.LightningModule):
         )
 
     # ------------------------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        # a model with a per-epoch schedule of its own (gradual unfreezing of a backbone) follows the epoch
+        set_epoch = getattr(self.model, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.current_epoch)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x)
+        logits = self(x)
         loss = self.loss(logits, y)
         self.train_acc(logits.detach(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
@@ -92,8 +126,8 @@ class ClassificationTask(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         views = self.tta_views(x)
-        logits = self.model(x) if len(views) == 1 else torch.stack(
-            [self.model(v).float().log_softmax(-1) for v in views]).mean(0)
+        logits = self(x) if len(views) == 1 else torch.stack(
+            [self(v).float().log_softmax(-1) for v in views]).mean(0)
         loss = F.cross_entropy(logits.float(), y)
         self.val_acc(logits, y)
         self.val_f1(logits, y)
@@ -107,22 +141,36 @@ class ClassificationTask(L.LightningModule):
 
     # ------------------------------------------------------------------------------ optimiser
     def _param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """No weight decay on biases and normalisation parameters (1-D tensors), the usual practice."""
-        decay, no_decay = [], []
+        """No weight decay on biases and normalisation parameters (1-D tensors), the usual practice.
+
+        A model with a pretrained ``backbone`` module gets its parameters in their own groups at
+        ``lr * train.backbone_lr_mult`` (discriminative learning rates), frozen ones included: they get
+        no gradient (so no update) until the model unfreezes them (``unfreeze_at_epoch``).
+        """
+        backbone = getattr(self.model, "backbone", None)
+        in_backbone = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for p in self.model.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if p.requires_grad or id(p) in in_backbone:
+                groups.setdefault((id(p) in in_backbone, p.ndim <= 1), []).append(p)
+        out = []
+        for (is_backbone, no_decay), params in sorted(groups.items()):
+            group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+            if is_backbone:
+                group["lr"] = self.cfg.train.lr * getattr(self.cfg.train, "backbone_lr_mult", 1.0)
+            out.append(group)
+        return out
 
     def configure_optimizers(self) -> Any:
         t: TrainConfig = self.cfg.train
         groups = self._param_groups(t.weight_decay)
         if t.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
-        elif t.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=t.lr)
         else:
-            opt = torch.optim.AdamW(groups, lr=t.lr)
+            # the fused kernel is ~2x faster per step on the CPU (one pass over each tensor, not six)
+            fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
+            cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+            opt = cls(groups, lr=t.lr, **fused)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, t.epochs))
         if t.schedule == "plateau":

@@ -1,44 +1,110 @@
-"""Image classification as a task (see :mod:`vislang.tasks` for the interface)."""
+"""Image classification as a task (see :mod:`vislang.tasks` for the interface).
+
+Models built from scratch (mlp, cnn, resnet, vgg, fastnet) see images normalised with the
+dataset's statistics. The pretrained ``timm`` model sees its backbone's own preprocessing (input
+size, interpolation, mean/std, grayscale repeated to RGB); with ``freeze: all`` its features are
+computed once per image and cached (:mod:`vislang.data.features`) and only the head trains.
+"""
 
 from __future__ import annotations
 
+import logging
+import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vislang.config import ExperimentConfig
-from vislang.tasks.classification import ClassificationTask
+from vislang.tasks.classification import ClassificationTask, class_weights_tensor
 
 Config = ExperimentConfig
 default_monitor = "val/acc"
+PRETRAINED_MODELS = ("timm",)
+RESIZE_ON_DECODE = ("image_folder", "image_csv")  # photos of any size: decode straight to the model's size
+
+log = logging.getLogger("vislang")
 
 
-def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+class ImageClassificationTask(ClassificationTask):
+    """Classification of images, or of cached backbone features ``[B, D]`` / ``[B, V, D]`` (V test-time views)."""
+
+    def tta_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.is_floating_point() and x.dim() == 3:
+            return list(x.unbind(1))
+        if x.dim() == 2:
+            return [x]
+        return super().tta_views(x)
+
+
+def is_pretrained(cfg: ExperimentConfig) -> bool:
+    return cfg.model.name in PRETRAINED_MODELS
+
+
+@lru_cache(maxsize=8)
+def _backbone_data_config(backbone: str) -> dict[str, Any]:
+    from vislang.models.backbones import load_backbone
+
+    _, cfg = load_backbone(backbone, None)
+    return {k: cfg[k] for k in ("backbone", "input_size", "interpolation", "mean", "std", "crop_pct", "num_features")}
+
+
+def backbone_preprocess(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The pretrained backbone's data config (input size, interpolation, mean/std), or None."""
+    if not is_pretrained(cfg):
+        return None
+    kwargs = cfg.model.kwargs()
+    pre = dict(_backbone_data_config(kwargs.get("backbone", "tf_efficientnet_lite0")))
+    if kwargs.get("input_size"):
+        pre["input_size"] = [pre["input_size"][0], int(kwargs["input_size"]), int(kwargs["input_size"])]
+    return pre
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int, int, int],
+                load_weights: bool = True) -> torch.nn.Module:
+    """The configured model; ``load_weights=False`` leaves a pretrained backbone uninitialised (a checkpoint
+    or :func:`prepare` fills it), so rebuilding a run never downloads or reads weights."""
     from vislang.models import create_model
 
     c, h, w = input_shape
-    return create_model(cfg.model.name, num_classes=num_classes, in_channels=c, image_size=(h, w),
-                        **cfg.model.kwargs())
+    kwargs = cfg.model.kwargs()
+    if is_pretrained(cfg) and not load_weights:
+        kwargs["load_weights"] = False
+    return create_model(cfg.model.name, num_classes=num_classes, in_channels=c, image_size=(h, w), **kwargs)
 
 
 def check_config(cfg: ExperimentConfig) -> None:
-    """Fail fast (before any data is decoded) on an unknown model name or option."""
+    """Fail fast (before any data is decoded) on an unknown model name or option, or backbone name."""
+    from vislang.errors import VislangError
     from vislang.models import MODELS
 
     MODELS.get(cfg.model.name).check_kwargs(cfg.model.kwargs(), "Model")
+    if is_pretrained(cfg):
+        from vislang.models.backbones import check_backbone_name, weights_source
+
+        check_backbone_name(cfg.model.kwargs().get("backbone", "tf_efficientnet_lite0"))
+        weights_source(cfg.model.kwargs().get("pretrained", "hub"))  # the file / package exists
+    t = cfg.eval.threshold
+    if isinstance(t, float) and not 0.0 < t < 1.0:
+        raise VislangError(f"eval.threshold={t}: a fixed threshold is a probability strictly between 0 and 1.")
 
 
 def make_datamodule(cfg: ExperimentConfig) -> Any:
-    from vislang.data.datamodule import ImageDataModule
+    """The data module: decoded uint8 images, balanced sampling, and a pretrained backbone's preprocessing."""
+    from vislang.data.transfer import TransferDataModule
 
-    return ImageDataModule(cfg.data, cfg.seed)
+    pre = backbone_preprocess(cfg)
+    data = cfg.data
+    if pre is not None and data.image_size is None and data.dataset in RESIZE_ON_DECODE:
+        data = data.model_copy(update={"image_size": (pre["input_size"][1], pre["input_size"][2])})
+    return TransferDataModule(data, cfg.seed, preprocess=pre)
 
 
 def data_info(dm: Any) -> dict[str, Any]:
     """The facts about the data a trained model needs (written to data.json; predict reads only this)."""
-    mean, std = dm.normalization  # the constants actually applied (train statistics, or 0..1 scaling)
-    return {
+    mean, std = dm.normalization  # the constants actually applied (train statistics, model's, or 0..1 scaling)
+    info = {
         "dataset": dm.cfg.dataset,
         "classes": list(dm.classes),
         "class_names": list(dm.class_names),
@@ -48,24 +114,51 @@ def data_info(dm: Any) -> dict[str, Any]:
         "split_sizes": {k: int(v) for k, v in dm.split_sizes.items()},
         "class_counts": {k: [int(c) for c in v] for k, v in dm.class_counts.items()},
     }
+    if getattr(dm, "preprocess", None):
+        info["preprocess"] = dict(dm.preprocess)
+    return info
 
 
 def summary(info: dict[str, Any]) -> str:
     sizes = ", ".join(f"{k} {v:,}" for k, v in info["split_sizes"].items())
-    return f"{len(info['classes'])} classes, images {sizes}"
+    text = f"{len(info['classes'])} classes, images {sizes}"
+    if info.get("preprocess"):
+        p = info["preprocess"]
+        text += f"; {p['backbone']} input {p['input_size'][1]}x{p['input_size'][2]} ({p['interpolation']})"
+    return text
 
 
 def build_task(cfg: ExperimentConfig, info: dict[str, Any]) -> ClassificationTask:
-    """The task (model + batch transform) for a config and a run's ``data.json`` facts."""
+    """The task (model + batch transform + class weights) for a config and a run's ``data.json`` facts."""
     from vislang.data.augment import BatchTransform
+    from vislang.data.transfer import TransferTransform
 
-    model = build_model(cfg, len(info["classes"]), tuple(info["input_shape"]))
-    transform = BatchTransform(cfg.data.augment, info["mean"], info["std"])
-    return ClassificationTask(model, cfg, len(info["classes"]), transform=transform)
+    shape = tuple(info["input_shape"])
+    model = build_model(cfg, len(info["classes"]), shape, load_weights=False)
+    if info.get("preprocess"):
+        transform: torch.nn.Module = TransferTransform(cfg.data.augment, info["preprocess"], channels=shape[0])
+    else:
+        transform = BatchTransform(cfg.data.augment, info["mean"], info["std"])
+    weights = class_weights_tensor(cfg.train.class_weights, list(info["classes"]), info["class_counts"]["train"])
+    return ImageClassificationTask(model, cfg, len(info["classes"]), transform=transform, class_weights=weights)
 
 
 def prepare(task: ClassificationTask, dm: Any) -> None:
-    """Data-dependent initialisation of a new run: fastnet's PCA-whitened stem from a seeded sample."""
+    """Data-dependent initialisation of a new run: pretrained weights (and the frozen-feature cache), or
+    fastnet's PCA-whitened stem from a seeded sample."""
+    cfg = task.cfg
+    if hasattr(task.model, "load_pretrained"):
+        # a frozen backbone is in eval mode on purpose (its batch-norm statistics stay as pretrained)
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        task.model.load_pretrained()
+        frozen = task.model.frozen_all and task.model.unfreeze_at_epoch is None
+        if frozen and cfg.data.feature_cache:
+            from vislang.data.transfer import attach_features
+
+            attach_features(task.model, dm, tta_flip=cfg.eval.tta_flip, seed=cfg.seed, progress=dm.progress,
+                            splits=["train", "val", cfg.eval.split])  # the splits this run scores
+        elif cfg.data.feature_cache and task.model.frozen_all:
+            log.info("feature cache off: the backbone unfreezes at epoch %s", task.model.unfreeze_at_epoch)
     if hasattr(task.model, "init_whitening"):
         sample = dm.images["train"][torch.randperm(len(dm.images["train"]))[:5000]]
         with torch.no_grad():
@@ -74,21 +167,53 @@ def prepare(task: ClassificationTask, dm: Any) -> None:
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
                  dm: Any = None) -> dict[str, Any]:
+    """Score the run on ``splits`` (metrics.json, predictions, plots) and print a per-class report."""
     from vislang.evaluate import evaluate_run as _evaluate
 
-    return _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm)
+    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm)
+    for split in dict.fromkeys(splits or []):
+        if split in metrics and len(metrics[split].get("per_class", [])) <= 40:
+            print_per_class(metrics[split], split)
+    return metrics
+
+
+def print_per_class(m: dict[str, Any], split: str) -> None:
+    """Precision / recall / F1 / support per class, as a table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"{split}: per class" + (f" (threshold {m['threshold']:.3f})" if m.get("threshold") is not None else "")
+    table = Table(title=title)
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for row in m["per_class"]:
+        table.add_row(str(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    table.add_row("macro", f"{m['precision_macro']:.3f}", f"{m['recall_macro']:.3f}", f"{m['f1_macro']:.3f}",
+                  str(m["n"]))
+    Console().print(table)
 
 
 def predict_cli(run_dir: Path, inputs: list[Path], *, texts: list[str], top_k: int, beam: int, console: Any) -> None:
-    """``vislang predict RUN IMAGE...``: the top-k classes with probabilities for each image."""
+    """``vislang predict RUN IMAGE...``: the top-k classes with probabilities for each image (and, for
+    binary runs with a tuned threshold, the decision at that threshold)."""
     from vislang.errors import VislangError
-    from vislang.evaluate import predict_files
+    from vislang.evaluate import predict_files, run_threshold
 
     if texts:
         raise VislangError(f"{run_dir} is an image classifier: give image files, not --text.")
     if not inputs:
         raise VislangError("Give one or more image files: vislang predict RUN img1.jpg img2.png")
+    from vislang.run import read_json
+
+    threshold = run_threshold(Path(run_dir))
+    names = read_json(Path(run_dir) / "data.json")["class_names"]
     for path, top in zip(inputs, predict_files(run_dir, inputs, top_k)):
         console.print(f"[bold]{path}[/]")
         for name, p in top:
             console.print(f"  {p:7.2%}  {name}")
+        if threshold is not None and len(names) == 2:
+            probs = dict(top)
+            p1 = probs.get(names[1], 1.0 - probs.get(names[0], 0.0))
+            console.print(f"  decision at threshold {threshold:.3f} on p({names[1]}): "
+                          f"[bold]{names[1] if p1 >= threshold else names[0]}[/]")
