@@ -14,7 +14,7 @@ from rich.table import Table
 
 from vislang.errors import VislangError
 
-app = typer.Typer(help="Train, evaluate and compare image classifiers from one experiment file.",
+app = typer.Typer(help="Train, evaluate, compare and explain image classifiers, text classifiers and image captioners from one experiment file.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Datasets: list the registry, fetch into the cache.", no_args_is_help=True)
 models_app = typer.Typer(help="Models: list the registry.", no_args_is_help=True)
