@@ -70,8 +70,10 @@ def caption_scores(references: dict[Hashable, list[str]], generated: dict[Hashab
     missing = [i for i in ids if i not in references or not references[i]]
     if missing:
         raise ValueError(f"no references for {missing[:3]}")
-    gts, tok = ptb_tokenize({i: list(references[i]) for i in ids})
-    res, _ = ptb_tokenize({i: [generated[i]] for i in ids})
+    both, tok = ptb_tokenize({**{("ref", i): list(references[i]) for i in ids},  # one tokenizer process
+                              **{("gen", i): [generated[i]] for i in ids}})
+    gts = {i: both[("ref", i)] for i in ids}
+    res = {i: both[("gen", i)] for i in ids}
     corpus: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
     per: dict[str, list[float | None]] = {k: [None] * len(ids) for k in METRIC_KEYS}
     if bleu:

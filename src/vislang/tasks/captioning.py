@@ -233,7 +233,7 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
                 best = sorted(rows, key=lambda r: -r["scores"]["cider"])[: cfg.eval.attention_maps]
                 attention_maps(task, [Path(r["image"]) for r in best], info, run_dir / "plots")
         if xe_task is not None:
-            before, _ = score_split(xe_task, dm, split, beam=beam, similarity=False)
+            before, _ = score_split(xe_task, dm, split, beam=beam, similarity=False, meteor=False)
             before["checkpoint"] = "xe_best"
             metrics[f"{split} before scst"] = before
     run_info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
@@ -264,8 +264,8 @@ def generate(task: CaptionTask, loader: Any, beam: int, eval_cfg: Any, max_lengt
     return out, time.perf_counter() - t0
 
 
-def score_split(task: CaptionTask, dm: Any, split: str, *, beam: int, similarity: bool | None = None
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def score_split(task: CaptionTask, dm: Any, split: str, *, beam: int, similarity: bool | None = None,
+                meteor: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Corpus metrics of one split and the per-image rows of captions.jsonl."""
     from vislang.metrics.captions import caption_scores, embedding_similarity
 
@@ -273,7 +273,7 @@ def score_split(task: CaptionTask, dm: Any, split: str, *, beam: int, similarity
     max_length = cfg.eval.max_length or cfg.data.max_length
     generated, seconds = generate(task, dm.dataloader(split), beam, cfg.eval, max_length)
     refs = dm.references[split]
-    scored = caption_scores({i: refs[i] for i in generated}, generated)
+    scored = caption_scores({i: refs[i] for i in generated}, generated, meteor=meteor)
     m: dict[str, Any] = dict(scored["corpus"])
     ids = sorted(generated)
     sims = None
