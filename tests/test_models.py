@@ -139,3 +139,26 @@ def test_overfits_a_fixed_batch(name: str):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_fastnet_airbench_options_identity_convs_frozen_bn_scales_and_bias_lr():
+    from vislang.config import ExperimentConfig
+    from vislang.tasks.classification import ClassificationTask
+
+    model = create_model("fastnet", num_classes=10, widths=[8, 16], stem_width=12,
+                         freeze_bn_scale=True, dirac_init=True)
+    conv = model.stages[0].rest[0][0]  # the stage's second conv: 8 -> 8 channels
+    assert torch.equal(conv.weight[:, :, 1, 1], torch.eye(8)) and conv.weight.abs().sum() == 8
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.allclose(conv(x), x)  # starts as the identity
+    stage_bns = [m for m in model.stages.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert stage_bns and all(not bn.weight.requires_grad and bn.bias.requires_grad for bn in stage_bns)
+
+    cfg = ExperimentConfig.model_validate({"train": {"lr": 0.5, "weight_decay": 1e-3, "bias_lr_mult": 64}})
+    task = ClassificationTask(model, cfg, num_classes=10)
+    groups = task._param_groups(cfg.train.weight_decay)
+    biases = next(g for g in groups if g["params"][0].ndim <= 1)
+    weights = next(g for g in groups if g["params"][0].ndim > 1)
+    assert biases["lr"] == 0.5 * 64 and biases["weight_decay"] == 1e-3 / 64
+    assert "lr" not in weights and weights["weight_decay"] == 1e-3
+    assert not any(p is bn.weight for g in groups for p in g["params"] for bn in stage_bns)

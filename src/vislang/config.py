@@ -126,6 +126,7 @@ class TrainConfig(Section):
     checkpoint_monitor: str | None = Field(None, description="metric that picks the best checkpoint; null = the task's own (val/acc for classification)")
     ema: EmaConfig = Field(default_factory=EmaConfig)
     class_weights: Literal["auto"] | list[float] | dict[str, float] | None = Field(None, description="loss weight per class: auto = inverse class frequency (n / (classes * count)); a list (class order) or a {class: weight} map; null = equal")
+    bias_lr_mult: float = Field(1.0, gt=0, description="learning rate of biases and normalisation parameters as a multiple of lr (airbench uses 64 with frozen BN scales); when not 1 they also get weight decay, scaled so that each step decays them by the same fraction as the weights")
     backbone_lr_mult: float = Field(1.0, gt=0, description="learning rate of a pretrained backbone's parameters as a fraction of lr (discriminative learning rates; e.g. 0.1); the head uses lr")
 
 

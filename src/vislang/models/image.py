@@ -371,7 +371,8 @@ class FastStage(nn.Module):
 class FastNet(ImageClassifier):
     def __init__(self, num_classes: int, in_channels: int, stem_width: int, stem_kernel: int,
                  widths: Sequence[int], convs: Sequence[int], residual: Sequence[bool], activation: str,
-                 final_pool: str, logit_scale: float, bn_momentum: float):
+                 final_pool: str, logit_scale: float, bn_momentum: float, freeze_bn_scale: bool = False,
+                 dirac_init: bool = False):
         super().__init__(widths[-1], num_classes, logit_scale=logit_scale)
         pad = stem_kernel // 2 if stem_kernel % 2 else 0
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, stem_kernel, padding=pad, bias=False),
@@ -381,6 +382,17 @@ class FastNet(ImageClassifier):
                                       for ci, w, n, r in zip(cins, widths, convs, residual, strict=True)))
         pool = _choice("final_pool", final_pool, ["max", "avg"])
         self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
+        for m in self.stages.modules():
+            if dirac_init and isinstance(m, nn.Conv2d):
+                # airbench: a conv's first filters (as many as it has in-channels) start as the identity,
+                # the rest keep their random init; the fresh net passes its input through
+                with torch.no_grad():
+                    n = min(m.in_channels, m.out_channels)
+                    nn.init.dirac_(m.weight[:n])
+            if freeze_bn_scale and isinstance(m, nn.BatchNorm2d):
+                # airbench: BN scales stay 1 (only the shifts learn); with scale-invariant convs the
+                # learned scale mostly fights weight decay
+                m.weight.requires_grad_(False)
 
     @property
     def gradcam_layer(self) -> nn.Module:
@@ -421,14 +433,16 @@ def fastnet(num_classes: int, in_channels: int = 3, image_size: tuple[int, int] 
             widths: Sequence[int] = (64, 128, 256), stem_width: int = 24, stem_kernel: int = 2,
             convs_per_stage: int | Sequence[int] = 2, residual: bool | Sequence[bool] = False,
             activation: str = "gelu", final_pool: str = "max", logit_scale: float = 1 / 9,
-            bn_momentum: float = 0.4) -> ImageClassifier:
+            bn_momentum: float = 0.4, freeze_bn_scale: bool = False, dirac_init: bool = False) -> ImageClassifier:
     """Fast CIFAR net after airbench94 / ResNet-9: stem, then conv+max-pool+BN+act stages.
 
     ``widths``: one width per stage (each stage halves the resolution); ``stem_width``/``stem_kernel``:
     the first conv (2x2 with 24 filters can be PCA-whitened via ``model.init_whitening(images)``);
     ``convs_per_stage``: convs per stage (one int or one per stage); ``residual``: make the extra convs
     a residual branch (ResNet-9 style); ``final_pool``: 'max' | 'avg'; ``logit_scale``: multiplies the
-    logits (airbench's 1/9); ``bn_momentum``: PyTorch BatchNorm momentum.
+    logits (airbench's 1/9); ``bn_momentum``: PyTorch BatchNorm momentum; ``freeze_bn_scale``: keep the
+    BatchNorm scales of the stages at 1 (airbench; pair with ``train.bias_lr_mult``); ``dirac_init``: start
+    every stage conv as the identity (airbench).
     ResNet-9 is ``widths=[128, 256, 512], stem_width=64, stem_kernel=3, convs_per_stage=[3, 1, 3],
     residual=true, activation=relu, logit_scale=0.125``.
     """
@@ -440,4 +454,4 @@ def fastnet(num_classes: int, in_channels: int = 3, image_size: tuple[int, int] 
     convs = [int(c) for c in _per_stage(convs_per_stage, n, "convs_per_stage")]
     res = [bool(r) for r in _per_stage(residual, n, "residual")]
     return FastNet(num_classes, in_channels, stem_width, stem_kernel, widths, convs, res, activation,
-                   final_pool, logit_scale, bn_momentum)
+                   final_pool, logit_scale, bn_momentum, freeze_bn_scale, dirac_init)

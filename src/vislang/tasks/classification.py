@@ -154,10 +154,17 @@ class ClassificationTask(L.LightningModule):
             if p.requires_grad or id(p) in in_backbone:
                 groups.setdefault((id(p) in in_backbone, p.ndim <= 1), []).append(p)
         out = []
+        t = self.cfg.train
+        bias_mult = getattr(t, "bias_lr_mult", 1.0)
         for (is_backbone, no_decay), params in sorted(groups.items()):
             group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
-            if is_backbone:
-                group["lr"] = self.cfg.train.lr * getattr(self.cfg.train, "backbone_lr_mult", 1.0)
+            mult = getattr(t, "backbone_lr_mult", 1.0) if is_backbone else 1.0
+            if no_decay and bias_mult != 1.0:
+                # airbench's bias scaler: lr * m with weight decay / m, so the per-step decay is the weights'
+                mult *= bias_mult
+                group["weight_decay"] = weight_decay / bias_mult
+            if mult != 1.0:
+                group["lr"] = t.lr * mult
             out.append(group)
         return out
 
