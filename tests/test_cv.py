@@ -85,3 +85,33 @@ def test_cv_summary_and_resume(tmp_path):
     assert (root / "cvtiny_fold0" / "metrics.json").stat().st_mtime_ns == kept
     assert fold_status(run1) == "finished" and (root / "fold1.log").is_file()
     assert again["per_fold"][1]["test/accuracy"] == pytest.approx(summary["per_fold"][1]["test/accuracy"])
+
+
+def test_caption_folds_are_grouped_by_image(tmp_path):
+    """Captioning CV folds split images, never the five captions of one image; test stays untouched."""
+    from vislang.data.caption_datamodule import CaptionDataModule
+    from vislang.data.registry import create_dataset
+    from vislang.tune.cv import fold_config
+
+    raw = {"name": "capcv", "task": "captioning", "output_dir": str(tmp_path),
+           "data": {"dataset": "flickr8k_sample"}, "model": {"name": "show_tell"}}
+    base = build_config(raw)
+    dataset = create_dataset("flickr8k_sample")
+    own = {img: caps for name in ("train", "val") for img, caps in zip(dataset.splits[name].images, dataset.splits[name].captions)}
+    folds = []
+    for fold in range(3):
+        cfg = fold_config(base, 3, fold)
+        assert (cfg.data.cv_folds, cfg.data.cv_fold) == (3, fold)
+        splits = CaptionDataModule(cfg, seed=cfg.seed, progress=False)._carve(dict(dataset.splits))
+        train, val = set(splits["train"].images), set(splits["val"].images)
+        assert not train & val
+        for split in (splits["train"], splits["val"]):  # every image keeps all its captions
+            assert all(own[img] == caps for img, caps in zip(split.images, split.captions))
+        assert splits["test"].images == dataset.splits["test"].images
+        folds.append((train, val))
+    pool = set(own)  # the dataset's train and val images, pooled
+    assert all(t | v == pool for t, v in folds)
+    vals = [v for _, v in folds]
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1:]) and set().union(*vals) == pool
+    with pytest.raises(VislangError, match="cv_folds and cv_fold go together"):
+        build_config({**raw, "data": {"dataset": "flickr8k_sample", "cv_fold": 1}})

@@ -157,6 +157,8 @@ class CaptionDataModule(L.LightningDataModule):
         for key in d.subset:
             if key not in ("train", "val", "test"):
                 raise VislangError(f"data.subset names split '{key}'; use train, val or test.")
+        if d.cv_folds is not None:
+            splits["train"], splits["val"] = self._fold(splits["train"], splits.pop("val", None))
         for name in ("test", "val"):
             if name not in splits:
                 frac = d.test_fraction if name == "test" else d.val_fraction
@@ -171,6 +173,21 @@ class CaptionDataModule(L.LightningDataModule):
                 pick = np.sort(_rng(self.seed, f"subset/{name}").permutation(len(splits[name]))[:cap])
                 splits[name] = splits[name].take(pick)
         return {k: splits[k] for k in ("train", "val", "test") if k in splits}
+
+    def _fold(self, train: CaptionSplit, val: CaptionSplit | None) -> tuple[CaptionSplit, CaptionSplit]:
+        """Fold ``cv_fold`` of a seeded ``cv_folds``-fold split of the training images (pooled with the
+        dataset's own val split, if any) as validation. Folds are drawn over images, so the captions of
+        one image are never split between training and validation (grouped k-fold)."""
+        from sklearn.model_selection import KFold
+
+        d = self.cfg.data
+        if val is not None:
+            train = CaptionSplit([*train.images, *val.images], [*train.captions, *val.captions])
+        if len(train) < d.cv_folds:
+            raise VislangError(f"data.cv_folds={d.cv_folds}: only {len(train)} training images; use fewer folds.")
+        folds = KFold(n_splits=d.cv_folds, shuffle=True, random_state=int(_rng(self.seed, "cv").integers(2**31)))
+        train_idx, val_idx = list(folds.split(np.zeros(len(train))))[d.cv_fold]
+        return train.take(train_idx), train.take(val_idx)
 
     def _decode(self, dataset: Any, name: str, split: CaptionSplit, size: Any) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images [N, 3, H, W] (decoded once into the store) and the indices of the images kept."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vislang.config import BaseExperiment, EarlyStopConfig, ModelConfig, Section, TrainConfig
 from vislang.errors import VislangError
@@ -55,6 +55,16 @@ class CaptionDataConfig(Section):
     subset: dict[str, int] = Field(default_factory=dict, description="cap images per split, e.g. {train: 500}; seeded")
     batch_size: int = Field(32, ge=1, description="training images per batch (each with captions_per_image captions)")
     eval_batch_size: int = Field(200, ge=1, description="images per batch when captioning")
+    cv_folds: int | None = Field(None, ge=2, description="k-fold cross-validation over the training images (all captions of an image stay in one fold; vislang cv sets it)")
+    cv_fold: int | None = Field(None, ge=0, description="the fold (0 .. cv_folds-1) used as validation; the test split is untouched")
+
+    @model_validator(mode="after")
+    def _folds(self) -> CaptionDataConfig:
+        if (self.cv_folds is None) != (self.cv_fold is None):
+            raise ValueError("cv_folds and cv_fold go together: set both (or neither)")
+        if self.cv_folds is not None and self.cv_fold >= self.cv_folds:
+            raise ValueError(f"cv_fold must be below cv_folds ({self.cv_folds})")
+        return self
 
 
 class CaptionModelConfig(ModelConfig):
@@ -197,11 +207,11 @@ def prepare(task: CaptionTask, dm: Any) -> None:
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best", dm: Any = None,
-                 beam: int | None = None) -> dict[str, Any]:
+                 beam: int | None = None, light: bool = False) -> dict[str, Any]:
     """Caption ``splits`` with the run's checkpoint (beam search, ``beam`` or eval.beam) and score them;
     writes metrics.json, captions.jsonl (captions_<split>.jsonl for other splits), curves, the gallery
     and attention maps. After an SCST stage the cross-entropy checkpoint is scored too (``<split>
-    before scst``)."""
+    before scst``). ``light``: scores and captions only (no gallery, attention maps or curves)."""
     from vislang.callbacks import read_history
     from vislang.explain.captions import attention_maps, caption_curves, gallery
     from vislang.io import atomic_write_json
@@ -227,7 +237,7 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
         m["checkpoint"] = checkpoint
         metrics[split] = m
         write_jsonl(run_dir / ("captions.jsonl" if split == cfg.eval.split else f"captions_{split}.jsonl"), rows)
-        if split == cfg.eval.split:
+        if split == cfg.eval.split and not light:
             gallery(rows, run_dir / "plots", per_panel=cfg.eval.gallery)
             if task.model.has_attention and cfg.eval.attention_maps:
                 best = sorted(rows, key=lambda r: -r["scores"]["cider"])[: cfg.eval.attention_maps]
@@ -243,7 +253,8 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"},
     }
     atomic_write_json(metrics_path, metrics)
-    caption_curves(read_history(run_dir / "history.csv"), run_dir / "plots")
+    if not light:
+        caption_curves(read_history(run_dir / "history.csv"), run_dir / "plots")
     return metrics
 
 
