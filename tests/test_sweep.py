@@ -74,6 +74,7 @@ def test_grid_sweep_writes_best_recipe_and_report(tmp_path):
     for t in trials:
         run = Path(t.user_attrs["run_dir"])
         assert (run / "metrics.json").is_file() and yaml.safe_load((run / "config.yaml").read_text())["sweep"] is None
+        assert not (run / "report.html").exists() and not list(run.glob("plots/*.png"))  # trials stay light
     html = result.report.read_text()
     assert "Optimisation history" in html and "data:image/png;base64," in html
 

@@ -51,8 +51,9 @@ def _write_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, class
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
-                 dm: Any = None) -> dict[str, Any]:
-    """Score the run's checkpoint on ``splits``; update metrics.json, predictions and plots."""
+                 dm: Any = None, light: bool = False) -> dict[str, Any]:
+    """Score the run's checkpoint on ``splits``; update metrics.json, predictions and plots
+    (``light``: numbers only, no plots: sweep trials)."""
     from vislang.tasks import task_spec
 
     run_dir = Path(run_dir)
@@ -75,6 +76,8 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
         all_metrics[split] = m
         _write_predictions(run_dir / f"predictions_{split}.csv", probs, targets, names,
                            texts=dm.texts(split) if hasattr(dm, "texts") else None)
+        if light:
+            continue
         plots.confusion_matrix_plot(np.array(m["confusion_matrix"]), names, plot_dir / f"confusion_{split}.png",
                                     title=f"{split}: accuracy {m['accuracy']:.3f}")
         plots.roc_plot(probs, targets, names, plot_dir / f"roc_{split}.png")
@@ -86,7 +89,8 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
            if isinstance(v, (int, float)) and k != "n"},
     }
     atomic_write_json(metrics_path, all_metrics)
-    plots.learning_curves(read_history(run_dir / "history.csv"), plot_dir)
+    if not light:
+        plots.learning_curves(read_history(run_dir / "history.csv"), plot_dir)
     return all_metrics
 
 

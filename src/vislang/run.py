@@ -153,10 +153,12 @@ def _quiet_lightning() -> None:
 
 
 def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
-          callbacks: list[L.Callback] | None = None) -> Path:
+          callbacks: list[L.Callback] | None = None, light: bool = False) -> Path:
     """Train ``cfg`` into a new run directory (or continue ``resume``), evaluate it, return the run path.
 
-    ``callbacks`` are added to the run's own (e.g. the sweep's pruning callback)."""
+    ``callbacks`` are added to the run's own (e.g. the sweep's pruning callback). ``light``: evaluate
+    to numbers only, with no plots, explanations or HTML report (sweep trials: the sweep report covers
+    them, and on a small trial drawing them costs more than training; ``vislang report RUN`` still works)."""
     spec = _spec(cfg)
     spec.check_config(cfg)
     _quiet_lightning()
@@ -236,12 +238,13 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / "run.json", status)
     spec.evaluate_run(run_dir, splits=["val", cfg.eval.split] if has_val else [cfg.eval.split],
-                      checkpoint=cfg.eval.checkpoint, dm=dm)
+                      checkpoint=cfg.eval.checkpoint, dm=dm, light=light)
     status["status"] = "finished"
     atomic_write_json(run_dir / "run.json", status)
     from vislang.report.html import write_report_safely
 
-    write_report_safely(run_dir)  # a report failure only warns: the trained run is complete
+    if not light:
+        write_report_safely(run_dir)  # a report failure only warns: the trained run is complete
     return run_dir
 
 

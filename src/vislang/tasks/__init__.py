@@ -9,7 +9,8 @@ Each task is one module exposing the same small interface, so training (:func:`v
     summary(info) -> str                 one line about the data for the start-of-run message
     build_task(cfg, info) -> module      the LightningModule (model + loss + metrics)
     prepare(task, dm)                    data-dependent initialisation of a new run (may do nothing)
-    evaluate_run(run_dir, splits, checkpoint, dm) -> metrics dict (writes metrics.json etc.)
+    evaluate_run(run_dir, splits, checkpoint, dm, light=False) -> metrics dict (writes metrics.json etc.;
+        light: numbers only, no plots or explanations)
     default_monitor                      the metric that picks the best checkpoint when the config has none
 """
 

@@ -166,12 +166,13 @@ def prepare(task: ClassificationTask, dm: Any) -> None:
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
-                 dm: Any = None) -> dict[str, Any]:
-    """Score the run on ``splits`` (metrics.json, predictions, plots) and print a per-class report."""
+                 dm: Any = None, light: bool = False) -> dict[str, Any]:
+    """Score the run on ``splits`` (metrics.json, predictions, plots) and print a per-class report
+    (``light``: metrics and predictions only)."""
     from vislang.evaluate import evaluate_run as _evaluate
 
-    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm)
-    for split in dict.fromkeys(splits or []):
+    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm, light=light)
+    for split in dict.fromkeys([] if light else splits or []):
         if split in metrics and len(metrics[split].get("per_class", [])) <= 40:
             print_per_class(metrics[split], split)
     return metrics

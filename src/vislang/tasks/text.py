@@ -228,8 +228,9 @@ def prepare(task: ClassificationTask, dm: Any) -> None:
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
-                 dm: Any = None) -> dict[str, Any]:
-    """Metrics, predictions (with the texts) and plots per split, then explain/words.html for eval.split."""
+                 dm: Any = None, light: bool = False) -> dict[str, Any]:
+    """Metrics, predictions (with the texts) and plots per split, then explain/words.html for eval.split
+    (``light``: metrics and predictions only)."""
     from vislang.evaluate import evaluate_run as _evaluate
     from vislang.explain.text import write_explanations
     from vislang.run import load_run
@@ -239,9 +240,9 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     if dm is None:
         dm = make_datamodule(cfg)
         dm.setup("test")
-    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm)
+    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm, light=light)
     split = (splits or [cfg.eval.split])[-1]
-    if cfg.eval.explain and split in dm.split_sizes:
+    if cfg.eval.explain and split in dm.split_sizes and not light:
         write_explanations(run_dir, task, dm, split, n=cfg.eval.explain, ig_steps=cfg.eval.ig_steps)
     return metrics
 

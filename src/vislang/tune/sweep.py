@@ -347,7 +347,7 @@ class Sweep:
         run_dir = Path(cfg.output_dir) / cfg.name
         trial.set_user_attr("run_dir", str(run_dir))
         try:  # the callback also records every trial's curve (with pruning off, its pruner never prunes)
-            run_dir = train(cfg, quiet=True, callbacks=[PruningCallback(trial, self.metric)])
+            run_dir = train(cfg, quiet=True, callbacks=[PruningCallback(trial, self.metric)], light=True)
             value = objective_value(run_dir, self.metric, self.direction)
         except optuna.TrialPruned:
             _mark_run(run_dir, "pruned")
