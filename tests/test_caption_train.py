@@ -21,7 +21,7 @@ TINY = {
     "name": "tiny_captions", "task": "captioning", "seed": 0,
     "data": {"dataset": "flickr8k_sample", "min_freq": 2, "batch_size": 16},
     "model": {"name": "caption_transformer", "d_model": 32, "num_layers": 1, "num_heads": 4, "ff_dim": 64},
-    "train": {"epochs": 1, "lr": 2e-3, "scst": {"epochs": 1, "samples": 2}},
+    "train": {"epochs": 1, "lr": 2e-3, "scst": {"epochs": 1, "samples": 2, "top_k": 3, "temperature": 0.9}},
     "eval": {"beam": 2, "gallery": 2, "attention_maps": 1},
 }
 

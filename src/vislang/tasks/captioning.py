@@ -82,6 +82,8 @@ class ScstConfig(Section):
     reward: Literal["cider", "bleu"] = Field("cider", description="CIDEr-D (training-corpus document frequencies) or sentence BLEU-4")
     samples: int = Field(5, ge=1, description="captions sampled per image")
     baseline: Literal["greedy", "mean"] = Field("greedy", description="greedy caption's reward, or the mean of the other samples'")
+    top_k: int = Field(0, ge=0, description="sample each word from the k likeliest only (0 = the whole vocabulary)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (< 1 sharpens)")
 
 
 class CaptionTrainConfig(TrainConfig):
@@ -405,7 +407,11 @@ class CaptionTask(L.LightningModule):
         images = index.repeat_interleave(s.samples).tolist()
         self.model.eval()
         with torch.no_grad():
-            ids, _ = sample(self.model, inputs, n=s.samples, max_length=self.max_length)
+            # a cross-entropy model (label smoothing especially) leaves mass on thousands of unlikely words:
+            # whole-vocabulary samples then score far below the greedy caption (here CIDEr-D 0.07 vs 0.23,
+            # 21% beating it) and SCST mostly pushes probability down; top_k / temperature fix that
+            ids, _ = sample(self.model, inputs, n=s.samples, max_length=self.max_length, top_k=s.top_k,
+                            temperature=s.temperature)
             base_ids = greedy(self.model, inputs, self.max_length) if s.baseline == "greedy" else None
         self.model.train()
         r = torch.from_numpy(reward(self.captions(ids), images))
