@@ -33,6 +33,14 @@ class AugmentConfig(Section):
     cutout: int = Field(0, ge=0, description="side in pixels of one random square set to zero; 0 = off")
 
 
+def check_folds(cv_folds: int | None, cv_fold: int | None) -> None:
+    """The rule for ``data.cv_folds`` / ``data.cv_fold`` (image and caption data): both or neither, fold in range."""
+    if (cv_folds is None) != (cv_fold is None):
+        raise ValueError("cv_folds and cv_fold go together: set both (or neither)")
+    if cv_folds is not None and cv_fold >= cv_folds:
+        raise ValueError(f"cv_fold must be below cv_folds ({cv_folds})")
+
+
 class DataConfig(Section):
     dataset: str = Field("cifar10", description="registered dataset name (vislang data list)")
     path: str | None = Field(None, description="file or folder for path-based datasets (image_folder, image_csv, npz); relative to the config file")
@@ -55,10 +63,7 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _cv(self) -> DataConfig:
-        if (self.cv_folds is None) != (self.cv_fold is None):
-            raise ValueError("cv_folds and cv_fold go together: set both (or neither)")
-        if self.cv_folds is not None and self.cv_fold >= self.cv_folds:
-            raise ValueError(f"cv_fold must be below cv_folds ({self.cv_folds})")
+        check_folds(self.cv_folds, self.cv_fold)
         return self
 
     @field_validator("subset")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from vislang.config import BaseExperiment, EarlyStopConfig, ModelConfig, Section, TrainConfig
+from vislang.config import BaseExperiment, EarlyStopConfig, ModelConfig, Section, TrainConfig, check_folds
 from vislang.errors import VislangError
 
 default_monitor = "val/cider"
@@ -60,10 +60,7 @@ class CaptionDataConfig(Section):
 
     @model_validator(mode="after")
     def _folds(self) -> CaptionDataConfig:
-        if (self.cv_folds is None) != (self.cv_fold is None):
-            raise ValueError("cv_folds and cv_fold go together: set both (or neither)")
-        if self.cv_folds is not None and self.cv_fold >= self.cv_folds:
-            raise ValueError(f"cv_fold must be below cv_folds ({self.cv_folds})")
+        check_folds(self.cv_folds, self.cv_fold)
         return self
 
 
