@@ -201,19 +201,20 @@ class CaptionDataModule(L.LightningDataModule):
         return images, keep
 
     def _features(self, encoder: GridEncoder, images: np.ndarray, name: str, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from vislang.data.features import cached_features
+        from vislang.data.features import cached_features, pass_device
 
         m = self.cfg.model
+        device = pass_device(self.cfg.train.accelerator)
         key = {"task": "caption", "backbone": m.encoder, "weights": self.encoder_config["weights"],
                "input_size": self.encoder_config["input_size"], "mean": self.encoder_config["mean"],
                "std": self.encoder_config["std"], "outputs": "grid", "view": "hflip" if flip else "identity"}
-        encoder.eval()
+        encoder.eval().to(device)
 
         def extract(batch: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"grid": encoder(batch.flip(-1) if flip else batch)}
 
         out = cached_features(key, images, extract, batch_size=64, desc=f"{m.encoder} features {name}"
-                              + (" (flipped)" if flip else ""), progress=self.progress)
+                              + (" (flipped)" if flip else ""), progress=self.progress, device=device)
         grid = torch.from_numpy(np.ascontiguousarray(out["grid"]))
         return grid.float().mean(1).to(grid.dtype), grid
 

@@ -169,13 +169,15 @@ def view_names(cfg: DataConfig, split: str, tta_flip: bool) -> list[str]:
 @torch.no_grad()
 def split_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
                    aug: AugmentConfig, seed: int, desc: str, progress: bool = True,
-                   batch_size: int = 64) -> Tensor:
+                   batch_size: int = 64, device: str | torch.device = "cpu") -> Tensor:
     """Pooled features ``[N, V, D]`` (float16) of the backbone for each view, as ``model.forward_features``
     gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache."""
-    pre = image_preprocessing(preprocess)
-    geometry = BatchTransform(aug, [0.0] * images.shape[1], [1.0] * images.shape[1])
+    device = torch.device(device)
+    pre = image_preprocessing(preprocess).to(device)
+    geometry = BatchTransform(aug, [0.0] * images.shape[1], [1.0] * images.shape[1]).to(device)
     was_training = model.training
-    model.eval()
+    home = next(model.parameters()).device
+    model.eval().to(device)
     base = {"kind": "avg+max pooled", "backbone": preprocess["backbone"], "weights": preprocess.get("weights"),
             "timm_kwargs": preprocess.get("timm_kwargs", {}),
             "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
@@ -197,19 +199,20 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
             with torch.random.fork_rng():
                 torch.manual_seed(_view_seed(seed, view))
                 pooled = cached_features(key, images, extract, batch_size=batch_size, progress=progress,
-                                         desc=f"{desc}/{view}", name=f"{preprocess['backbone']}-{view}")
+                                         desc=f"{desc}/{view}", name=f"{preprocess['backbone']}-{view}",
+                                         device=device)
             # both poolings are cached, so changing model.pooling reuses the cache
             parts = {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
             out.append(torch.cat([torch.from_numpy(np.array(pooled[k])) for k in parts], 1))  # copy: memmaps are read-only
     finally:
-        model.train(was_training)
+        model.train(was_training).to(home)
     return torch.stack(out, 1)
 
 
 def attach_features(model: nn.Module, dm: TransferDataModule, *, tta_flip: bool, seed: int,
-                    progress: bool = True, splits: list[str] | None = None) -> None:
-    """Compute (or read back) the frozen backbone's features of ``splits`` (default: all) and make ``dm``
-    serve them; other splits are served as images (the checkpoint holds the whole model)."""
+                    progress: bool = True, splits: list[str] | None = None, device: str | torch.device = "cpu") -> None:
+    """Compute (or read back) the frozen backbone's features of ``splits`` (default: all) on ``device``
+    and make ``dm`` serve them; other splits are served as images (the checkpoint holds the whole model)."""
     assert dm.preprocess is not None
     pre = dict(dm.preprocess, weights=getattr(model, "data_cfg", {}).get("weights"),
                timm_kwargs=getattr(model, "data_cfg", {}).get("timm_kwargs", {}))
@@ -218,7 +221,7 @@ def attach_features(model: nn.Module, dm: TransferDataModule, *, tta_flip: bool,
             continue
         views = view_names(dm.cfg, split, tta_flip)
         dm.features[split] = split_features(model, images, views, preprocess=pre, aug=dm.cfg.augment, seed=seed,
-                                            desc=f"{pre['backbone']}:{split}", progress=progress)
+                                            desc=f"{pre['backbone']}:{split}", progress=progress, device=device)
         if split == "train":
             dm.eval_views[split] = 1  # evaluating the train split uses the un-augmented view
     if dm.cfg.feature_views > 1 and dm.features["train"].shape[1] < dm.cfg.feature_views:
