@@ -45,3 +45,22 @@ def test_predict_rejects_missing_and_corrupt_images(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     result = runner.invoke(app, ["predict", str(tmp_path / "no_run"), str(bad)])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_train_light_writes_numbers_and_no_plots_then_evaluate_draws_them(tmp_path, vislang_env):
+    from importlib import resources
+
+    with resources.as_file(resources.files("vislang") / "assets" / "quickstart_image.yaml") as cfg:
+        result = runner.invoke(app, ["train", str(cfg), "--light", "--set", f"output_dir={tmp_path}",
+                                     "--set", "train.epochs=1", "--set", "data.subset={train: 300, test: 100}",
+                                     "--set", "model.channels=[[8], [16]]"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "quickstart_cifar10"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 100 and (run / "predictions_test.csv").is_file()
+    assert not list(run.glob("plots/*.png")) and not (run / "report.html").exists()
+    assert "vislang evaluate" in result.output.replace("\n", "")
+    drawn = runner.invoke(app, ["evaluate", str(run)])
+    assert drawn.exit_code == 0, drawn.output
+    assert (run / "plots" / "confusion_test.png").is_file()
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] == metrics["test"]["accuracy"]

@@ -64,12 +64,14 @@ def _check_run_dir(run: Path) -> None:
         raise VislangError(f"{run} is not a vislang run directory (it has no config.yaml).")
 
 
-def _report_run(run_dir: Path) -> None:
+def _report_run(run_dir: Path, light: bool = False) -> None:
     from vislang.run import read_json
 
     metrics = read_json(run_dir / "metrics.json")
     console.print(_metrics_table(metrics, f"run {run_dir}"))
-    console.print(f"run directory: [bold]{run_dir}[/]  (plots in {run_dir / 'plots'})", soft_wrap=True)
+    where = (f"numbers only: vislang evaluate {run_dir} draws the plots" if light
+             else f"plots in {run_dir / 'plots'}")
+    console.print(f"run directory: [bold]{run_dir}[/]  ({where})", soft_wrap=True)
 
 
 @app.command()
@@ -79,6 +81,9 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: train.lr=0.01")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue an interrupted run directory")] = None,
     devices: Annotated[int | None, typer.Option(help="data-parallel devices (DDP)")] = None,
+    light: Annotated[bool, typer.Option("--light", help="numbers only: metrics and predictions, no plots, "
+                                        "explanations or report (later: `vislang evaluate RUN` draws the "
+                                        "plots, `vislang report RUN` writes the report)")] = False,
 ) -> None:
     """Train an experiment; writes runs/<name>/ with checkpoints, metrics and plots."""
     from vislang.config import load_config
@@ -93,9 +98,9 @@ def train(
         cfg = load_config(config, set_)
     if devices is not None:
         cfg.train.devices = devices
-    run_dir = run_train(cfg, resume=resume)
+    run_dir = run_train(cfg, resume=resume, light=light)
     if not is_ddp_worker():
-        _report_run(run_dir)
+        _report_run(run_dir, light)
 
 
 @app.command()
