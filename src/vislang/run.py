@@ -80,7 +80,9 @@ def resolve_precision(cfg: ExperimentConfig, accelerator: str) -> str:
     return "32-true"
 
 
-def _accelerator(cfg: ExperimentConfig) -> str:
+def resolve_accelerator(cfg: ExperimentConfig) -> str:
+    """The device type a run trains on: ``train.accelerator``, with ``auto`` = CUDA, then MPS, then the
+    CPU. The one-off frozen-feature passes use it too: on a GPU machine they must not fall back to the CPU."""
     acc = cfg.train.accelerator
     if acc == "auto":
         if torch.cuda.is_available():
@@ -158,7 +160,8 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
 
     ``callbacks`` are added to the run's own (e.g. the sweep's pruning callback). ``light``: evaluate
     to numbers only, with no plots, explanations or HTML report (sweep trials: the sweep report covers
-    them, and on a small trial drawing them costs more than training; ``vislang report RUN`` still works)."""
+    them, and on a small trial drawing them costs more than training; ``vislang evaluate RUN`` draws the
+    plots later)."""
     spec = _spec(cfg)
     spec.check_config(cfg)
     _quiet_lightning()
@@ -192,7 +195,7 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
     if resume is None and not worker:
         save_config(cfg, run_dir / "config.yaml")
         atomic_write_json(run_dir / "data.json", info)
-    accelerator = _accelerator(cfg)
+    accelerator = resolve_accelerator(cfg)
     precision = resolve_precision(cfg, accelerator)
     n_params = sum(p.numel() for p in task.model.parameters())
     status: dict[str, Any] = {

@@ -201,10 +201,11 @@ class CaptionDataModule(L.LightningDataModule):
         return images, keep
 
     def _features(self, encoder: GridEncoder, images: np.ndarray, name: str, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from vislang.data.features import cached_features, pass_device
+        from vislang.data.features import cached_features
+        from vislang.run import resolve_accelerator
 
         m = self.cfg.model
-        device = pass_device(self.cfg.train.accelerator)
+        device = resolve_accelerator(self.cfg)
         key = {"task": "caption", "backbone": m.encoder, "weights": self.encoder_config["weights"],
                "input_size": self.encoder_config["input_size"], "mean": self.encoder_config["mean"],
                "std": self.encoder_config["std"], "outputs": "grid", "view": "hflip" if flip else "identity"}

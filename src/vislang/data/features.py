@@ -87,19 +87,6 @@ def _index(folder: Path) -> tuple[list[Path], dict[bytes, tuple[int, int]]]:
     return chunks, where
 
 
-def pass_device(accelerator: str = "auto") -> torch.device:
-    """The device a one-off feature pass runs on: the run's accelerator (``auto`` = CUDA, then MPS,
-    then the CPU). The pass is by far the heaviest step of a frozen-backbone run, so on a GPU machine
-    it must not fall back to the CPU."""
-    if accelerator == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(accelerator)
-
-
 def _autocast(precision: str, device: torch.device) -> Any:
     if precision == "auto":
         if device.type == "cuda":

@@ -153,12 +153,12 @@ def prepare(task: ClassificationTask, dm: Any) -> None:
         task.model.load_pretrained()
         frozen = task.model.frozen_all and task.model.unfreeze_at_epoch is None
         if frozen and cfg.data.feature_cache:
-            from vislang.data.features import pass_device
             from vislang.data.transfer import attach_features
+            from vislang.run import resolve_accelerator
 
             attach_features(task.model, dm, tta_flip=cfg.eval.tta_flip, seed=cfg.seed, progress=dm.progress,
                             splits=["train", "val", cfg.eval.split],  # the splits this run scores
-                            device=pass_device(cfg.train.accelerator))
+                            device=resolve_accelerator(cfg))
         elif cfg.data.feature_cache and task.model.frozen_all:
             log.info("feature cache off: the backbone unfreezes at epoch %s", task.model.unfreeze_at_epoch)
     if hasattr(task.model, "init_whitening"):
