@@ -19,7 +19,6 @@ Each positional argument is ``CONFIG[:BUDGET_SECONDS][@KEY=VALUE...]``: the trai
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -27,8 +26,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import yaml
+from vislang.callbacks import read_history
+from vislang.config import load_config
 
 
 def vislang(args: list[str], log: Path) -> tuple[int, float]:
@@ -41,20 +42,10 @@ def vislang(args: list[str], log: Path) -> tuple[int, float]:
     return rc, time.perf_counter() - t0
 
 
-def history(run: Path) -> list[dict]:
-    path = run / "history.csv"
-    if not path.exists():
-        return []
-    with path.open() as fh:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def train_images(config: str, sets: list[str]) -> int:
+def train_images(cfg: Any) -> int:
     """Training images of a recipe (its data set up as ``vislang train`` would, from the decoded store)."""
-    from vislang.config import load_config
     from vislang.tasks import task_spec
 
-    cfg = load_config(config, sets)
     dm = task_spec(cfg.task).make_datamodule(cfg)
     dm.setup("fit")
     return int(dm.split_sizes["train"])
@@ -77,12 +68,8 @@ def main() -> None:
         config, _, budget = head.partition(":")
         budget_s = float(budget or 600)
         overrides = [*args.sets, *own]
-        cfg = yaml.safe_load(Path(config).read_text())
-        for o in own:
-            if o.startswith("name="):
-                cfg["name"] = o.removeprefix("name=")
-        name = cfg["name"]
-        epochs = int(cfg.get("train", {}).get("epochs", 10))
+        cfg = load_config(config, overrides)  # the validated recipe: its name and epochs, overrides applied
+        name, epochs = cfg.name, cfg.train.epochs
         sets = [x for s in overrides for x in ("--set", s)]
 
         # probe: 3 epochs, the last one timed (warm: kernels loaded and chosen; with unfreeze_at_epoch 1 it
@@ -90,13 +77,13 @@ def main() -> None:
         probe = ["train", config, *sets, "--light", "--set", f"output_dir={args.out / 'probe'}", "--set", "train.epochs=3",
                  "--set", f"data.subset={{train: {args.probe_images}, val: 256, test: 256}}"]
         rc, probe_wall = vislang(probe, log)
-        rows = history(args.out / "probe" / name)
+        rows = read_history(args.out / "probe" / name / "history.csv")
         if rc != 0 or not rows:
             summary[name] = {"error": f"probe failed (exit {rc}); see recipes.log"}
             print(f"{name}: probe failed (exit {rc})", flush=True)
             continue
         ips = rows[-1]["images_per_s"]
-        train_n = train_images(config, overrides)
+        train_n = train_images(cfg)
         planned = epochs
         if train_n and ips:
             fit = math.floor(budget_s * ips / train_n)
@@ -111,7 +98,7 @@ def main() -> None:
         for fname in ("run.json", "metrics.json"):
             if (rundir / fname).exists():
                 entry[fname.removesuffix(".json")] = json.loads((rundir / fname).read_text())
-        entry["history"] = history(rundir)
+        entry["history"] = read_history(rundir / "history.csv")
         for split in ("val", "test"):
             m = entry.get("metrics", {}).get(split, {})
             for key in ("per_class", "confusion_matrix"):
