@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import shutil
+import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +23,9 @@ from vislang.errors import VislangError
 
 
 def _cache_entries(root: Path) -> list[str]:
+    """What the cache holds, less the build locks (empty files that are kept, as unlinking a lock races)."""
     folder = root / "datasets"
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.is_dir() else []
 
 
 def test_mirror_fetch_verifies_extracts_and_reuses(
@@ -34,6 +38,40 @@ def test_mirror_fetch_verifies_extracts_and_reuses(
     # a second fetch reuses the cache without reading the source again (the mirror is now empty)
     monkeypatch.setenv("VISLANG_MIRROR", str(tmp_path))
     assert fetch(TINYIMAGENET30, progress=False) == folder
+
+
+def _fetch_in_child(go: Any, log: str) -> None:
+    fetch_module = sys.modules["vislang.data.fetch"]  # (the package's ``fetch`` attribute is the function)
+    extract = fetch_module._extract
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        with open(log, "a") as f:
+            f.write("extract\n")
+        extract(*args, **kwargs)
+
+    fetch_module._extract = counted
+    go.wait()
+    folder = fetch(TINYIMAGENET30, progress=False)
+    assert (folder / MARKER).is_file() and (folder / "tiny-imagenet-30" / "wnids.txt").is_file()
+
+
+def test_concurrent_fetches_extract_once_and_share_the_folder(
+    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes (sweep workers, parallel jobs) fetching one dataset at the same moment: one extracts,
+    the other waits and reuses it; neither replaces the folder the other is reading."""
+    monkeypatch.setenv("VISLANG_CACHE", str(tmp_path / "cache"))
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    go, log = ctx.Event(), str(tmp_path / "extractions.log")
+    procs = [ctx.Process(target=_fetch_in_child, args=(go, log)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert Path(log).read_text().split() == ["extract"]
+    assert _cache_entries(tmp_path / "cache") == [f"tinyimagenet30-{TINYIMAGENET30.sha256[:12]}"]
 
 
 def test_non_archive_file_is_verified_and_cached(mirror: Path) -> None:

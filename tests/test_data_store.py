@@ -60,7 +60,7 @@ def test_store_is_written_atomically_and_stats_cached(sample_root: Path, tmp_pat
     )
     folder = Path(images.filename)
     assert folder.parent.name.startswith("s-") and (folder.parent / ".complete").is_file()
-    assert not [p for p in folder.parent.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    assert not [p for p in folder.parent.parent.iterdir() if p.name.startswith(".") and p.is_dir()]  # no temp folder
     assert images.dtype == np.uint8 and labels.dtype == np.int64 and labels.tolist() == [0] * 5 + [1] * 5
     mean, std = channel_stats(images)
     expected = np.asarray(images, dtype=np.float64)

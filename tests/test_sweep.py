@@ -120,7 +120,27 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     cfg_path.write_text(yaml.safe_dump(raw))
     cfg = load_config(cfg_path)
     Sweep(cfg, parse_spec(cfg), storage=None, worker=False, source=str(cfg_path))  # creates the study
-    cmd = [sys.executable, "-m", "vislang", "sweep", str(cfg_path), "--worker"]
+    # Each worker holds its first trial until the other worker has started one too, so "both workers ran
+    # trials" does not depend on how fast the two processes start (a trial takes about 2 s).
+    barrier = tmp_path / "started"
+    barrier.mkdir()
+    hold = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from vislang.tune.sweep import Sweep\n"
+        "run_trial, barrier = Sweep.run_trial, Path(sys.argv.pop(1))\n"
+        "def held(self, trial):\n"
+        "    (barrier / str(os.getpid())).touch()\n"
+        "    deadline = time.monotonic() + 300\n"
+        "    while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:\n"
+        "        time.sleep(0.05)\n"
+        "    run_trial(self, trial)\n"
+        "Sweep.run_trial = held\n"
+        "from vislang.cli import main\n"
+        "sys.argv[0] = 'vislang'\n"
+        "main()\n"
+    )
+    cmd = [sys.executable, "-c", hold, str(barrier), "sweep", str(cfg_path), "--worker"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
              for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]

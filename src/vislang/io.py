@@ -45,3 +45,17 @@ def atomic_save(path: str | Path, save: Callable[[IO[bytes]], None]) -> None:
     """Call ``save(fh)`` on a binary temp file, then move it into place (e.g. torch.save, fig.savefig)."""
     with atomic_open(path, "wb") as fh:
         save(fh)
+
+
+def build_lock(target: str | Path) -> Any:
+    """An inter-process lock for building the cache folder ``target`` (a ``.lock`` file beside it).
+
+    Sweep workers, k-fold runs and parallel jobs may ask for the same dataset or store at once: the
+    first builds it while the others wait, then find it whole. Without the lock a late process
+    could replace a folder another one is already reading.
+    """
+    from filelock import FileLock
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(target.parent / f".{target.name}.lock"))

@@ -36,6 +36,7 @@ from rich.progress import (
 )
 
 from vislang.errors import VislangError
+from vislang.io import build_lock
 
 MARKER = ".complete"
 _CHUNK = 1 << 20
@@ -116,7 +117,14 @@ def fetch(archive: Archive, progress: bool = True) -> Path:
     target = cache_dir() / "datasets" / f"{archive.name}-{archive.digest[:12]}"
     if (target / MARKER).is_file():
         return target / archive.filename if not archive.extract else target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(target):
+        if not (target / MARKER).is_file():  # a concurrent fetch may have finished while we waited
+            _fetch_into(archive, target, progress)
+    return target / archive.filename if not archive.extract else target
+
+
+def _fetch_into(archive: Archive, target: Path, progress: bool) -> None:
+    """Verify and extract ``archive`` into ``target`` (the caller holds the build lock)."""
     with _source_file(archive, progress) as source:
         _verify(archive, source)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -126,19 +134,12 @@ def fetch(archive: Archive, progress: bool = True) -> Path:
             else:
                 shutil.copyfile(source, tmp / archive.filename)
             (tmp / MARKER).write_text(f"{archive.algorithm} {archive.digest}\n")
-            if target.exists():  # a folder without its marker is incomplete: replace it
+            if target.exists():  # a folder without its marker is a crashed fetch's leftover: replace it
                 shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                # another process finished the same fetch first: keep its folder
-                if not (target / MARKER).is_file():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
+            os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return target / archive.filename if not archive.extract else target
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from rich.text import Text
 from vislang.data.fetch import MARKER, cache_dir
 from vislang.data.images import ImageSplit
 from vislang.errors import VislangError
-from vislang.io import atomic_write_json
+from vislang.io import atomic_write_json, build_lock
 
 log = logging.getLogger("vislang.data")
 
@@ -158,28 +158,17 @@ def decode_split(
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     target = cache_dir() / "store" / f"{safe}-{key}"
     if not (target / MARKER).is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            _build(
-                split,
-                tmp,
-                hw=hw,
-                channels=channels,
-                skip_corrupt=skip_corrupt,
-                name=name,
-                progress=progress,
-                workers=workers,
-            )
-            (tmp / MARKER).write_text("ok\n")
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover, if any
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not (target / MARKER).is_file():  # not a concurrent build of the same store
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with build_lock(target):
+            if not (target / MARKER).is_file():  # a concurrent build may have finished while we waited
+                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+                try:
+                    _build(split, tmp, hw=hw, channels=channels, skip_corrupt=skip_corrupt, name=name,
+                           progress=progress, workers=workers)
+                    (tmp / MARKER).write_text("ok\n")
+                    shutil.rmtree(target, ignore_errors=True)  # a crashed build's leftover, if any
+                    os.rename(tmp, target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
     meta = json.loads((target / "meta.json").read_text())
     if meta["skipped"]:
         log.warning(
