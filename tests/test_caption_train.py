@@ -117,3 +117,7 @@ def test_config_errors_are_clear(tmp_path):
         check_model_config(cfg)
     with pytest.raises(VislangError, match="beam"):
         load_config(_config(tmp_path, **{"eval.beam": 0}))
+    # the mean baseline needs other samples of the same image to compare with
+    with pytest.raises(VislangError, match=r"train\.scst\.samples to 2 or more"):
+        load_config(_config(tmp_path, **{"train.scst": {"epochs": 1, "samples": 1}}))
+    assert load_config(_config(tmp_path, **{"train.scst": {"epochs": 1, "samples": 1, "baseline": "greedy"}}))

@@ -78,9 +78,19 @@ class ScstConfig(Section):
     lr: float = Field(2e-5, gt=0)
     reward: Literal["cider", "bleu"] = Field("cider", description="CIDEr-D (training-corpus document frequencies) or sentence BLEU-4")
     samples: int = Field(5, ge=1, description="captions sampled per image")
-    baseline: Literal["greedy", "mean"] = Field("greedy", description="greedy caption's reward, or the mean of the other samples'")
+    # On Flickr8k the greedy baseline (Rennie et al. 2017) collapsed: samples score below the greedy caption,
+    # so most advantages were negative (val CIDEr-D 0.40 -> 0.11 in one epoch); the mean of the image's
+    # other samples (Luo 2020) centres them and raised val CIDEr-D 0.40 -> 0.46 from the same checkpoint.
+    baseline: Literal["greedy", "mean"] = Field("mean", description="the mean reward of the image's other samples, or the greedy caption's reward")
     top_k: int = Field(0, ge=0, description="sample each word from the k likeliest only (0 = the whole vocabulary)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (< 1 sharpens)")
+
+    @model_validator(mode="after")
+    def _samples(self) -> ScstConfig:
+        if self.baseline == "mean" and self.samples < 2:
+            raise ValueError("the mean baseline compares each sample with the image's other samples: set "
+                             "train.scst.samples to 2 or more, or train.scst.baseline: greedy")
+        return self
 
 
 class CaptionTrainConfig(TrainConfig):
