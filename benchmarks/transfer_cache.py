@@ -9,7 +9,9 @@ linear classifier) for the same epochs on the same CIFAR-10 subset, upscaled to 
   image in every epoch (train and validation), which is what a plain Keras / PyTorch notebook does.
 
 Both are timed end to end (data set-up, feature pass, every epoch, final evaluation on val and test)
-and their test accuracies compared. Run::
+and their test accuracies compared. Runs are light (metrics only, as sweep trials): the plots, saliency
+maps and HTML report a full run draws afterwards cost both sides the same ~15 s and are not training;
+``--plots`` keeps them in the clock. Run::
 
     python benchmarks/transfer_cache.py --train 300 --epochs 10
 """
@@ -48,7 +50,7 @@ def timed_run(args: argparse.Namespace, cache: bool, out: Path) -> dict:
     cfg = experiment(args, cache, out)
     before = dict(features.STATS)
     t0 = time.perf_counter()
-    run = train(cfg, quiet=not args.verbose)
+    run = train(cfg, quiet=not args.verbose, light=not args.plots)
     wall = time.perf_counter() - t0
     metrics = json.loads((run / "metrics.json").read_text())
     return {"wall_s": wall, "fit_s": json.loads((run / "run.json").read_text())["train_time_s"],
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--plots", action="store_true", help="draw plots and the report as a full run does (in the clock)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
 
