@@ -11,6 +11,7 @@ holds the raw reference captions of image ``i``.
 from __future__ import annotations
 
 import logging
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,9 @@ class CaptionDataModule(L.LightningDataModule):
 
         out = cached_features(key, images, extract, batch_size=64, desc=f"{m.encoder} features {name}"
                               + (" (flipped)" if flip else ""), progress=self.progress, device=device)
-        grid = torch.from_numpy(np.ascontiguousarray(out["grid"]))
+        with warnings.catch_warnings():  # a read-only memmap of the cache, only ever read: no copy needed
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            grid = torch.from_numpy(np.ascontiguousarray(out["grid"]))
         return grid.float().mean(1).to(grid.dtype), grid
 
     # -- facts and loaders ----------------------------------------------------------------------
