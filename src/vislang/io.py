@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,15 +48,31 @@ def atomic_save(path: str | Path, save: Callable[[IO[bytes]], None]) -> None:
         save(fh)
 
 
-def build_lock(target: str | Path) -> Any:
-    """An inter-process lock for building the cache folder ``target`` (a ``.lock`` file beside it).
 
-    Sweep workers, k-fold runs and parallel jobs may ask for the same dataset or store at once: the
-    first builds it while the others wait, then find it whole. Without the lock a late process
-    could replace a folder another one is already reading.
+def build_folder(target: str | Path, build: Callable[[Path], None], *, marker: str, stamp: str = "ok\n") -> None:
+    """Build the cache folder ``target`` once, atomically and once across processes.
+
+    ``build(tmp)`` fills a temporary folder beside ``target``; ``marker`` (a file written last, holding
+    ``stamp``) says the folder is whole, then it is renamed into place. A failure leaves nothing behind.
+    Sweep workers, k-fold runs and parallel jobs may ask for the same folder at once: an inter-process
+    lock (a ``.lock`` file beside ``target``, kept: unlinking a lock races) lets the first build it while
+    the others wait and then find it whole. Without it a late process could replace a folder another one
+    is already reading. A folder without its marker is a crashed build's leftover and is replaced.
     """
     from filelock import FileLock
 
     target = Path(target)
+    if (target / marker).is_file():
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(target.parent / f".{target.name}.lock"))
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if (target / marker).is_file():  # a concurrent build finished while we waited
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            (tmp / marker).write_text(stamp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,7 @@ from rich.progress import (
 )
 
 from vislang.errors import VislangError
-from vislang.io import build_lock
+from vislang.io import build_folder
 
 MARKER = ".complete"
 _CHUNK = 1 << 20
@@ -115,31 +115,17 @@ def fetch(archive: Archive, progress: bool = True) -> Path:
     extracted; a finished cache folder is reused without touching the source again.
     """
     target = cache_dir() / "datasets" / f"{archive.name}-{archive.digest[:12]}"
-    if (target / MARKER).is_file():
-        return target / archive.filename if not archive.extract else target
-    with build_lock(target):
-        if not (target / MARKER).is_file():  # a concurrent fetch may have finished while we waited
-            _fetch_into(archive, target, progress)
-    return target / archive.filename if not archive.extract else target
 
-
-def _fetch_into(archive: Archive, target: Path, progress: bool) -> None:
-    """Verify and extract ``archive`` into ``target`` (the caller holds the build lock)."""
-    with _source_file(archive, progress) as source:
-        _verify(archive, source)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+    def build(folder: Path) -> None:
+        with _source_file(archive, progress) as source:
+            _verify(archive, source)
             if archive.extract:
-                _extract(source, tmp, archive, progress)
+                _extract(source, folder, archive, progress)
             else:
-                shutil.copyfile(source, tmp / archive.filename)
-            (tmp / MARKER).write_text(f"{archive.algorithm} {archive.digest}\n")
-            if target.exists():  # a folder without its marker is a crashed fetch's leftover: replace it
-                shutil.rmtree(target, ignore_errors=True)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                shutil.copyfile(source, folder / archive.filename)
+
+    build_folder(target, build, marker=MARKER, stamp=f"{archive.algorithm} {archive.digest}\n")
+    return target / archive.filename if not archive.extract else target
 
 
 @contextmanager

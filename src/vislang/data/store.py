@@ -14,9 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -36,7 +34,7 @@ from rich.text import Text
 from vislang.data.fetch import MARKER, cache_dir
 from vislang.data.images import ImageSplit
 from vislang.errors import VislangError
-from vislang.io import atomic_write_json, build_lock
+from vislang.io import atomic_write_json, build_folder
 
 log = logging.getLogger("vislang.data")
 
@@ -157,18 +155,8 @@ def decode_split(
     key = store_key(split, fingerprint=fingerprint, size=hw, channels=channels, skip_corrupt=skip_corrupt)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     target = cache_dir() / "store" / f"{safe}-{key}"
-    if not (target / MARKER).is_file():
-        with build_lock(target):
-            if not (target / MARKER).is_file():  # a concurrent build may have finished while we waited
-                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-                try:
-                    _build(split, tmp, hw=hw, channels=channels, skip_corrupt=skip_corrupt, name=name,
-                           progress=progress, workers=workers)
-                    (tmp / MARKER).write_text("ok\n")
-                    shutil.rmtree(target, ignore_errors=True)  # a crashed build's leftover, if any
-                    os.rename(tmp, target)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+    build_folder(target, lambda folder: _build(split, folder, hw=hw, channels=channels, skip_corrupt=skip_corrupt,
+                                               name=name, progress=progress, workers=workers), marker=MARKER)
     meta = json.loads((target / "meta.json").read_text())
     if meta["skipped"]:
         log.warning(
