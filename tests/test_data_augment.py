@@ -42,7 +42,8 @@ def test_shapes_dtype_layout_and_eval_is_plain_normalisation() -> None:
 
 def test_same_seed_same_augmentation() -> None:
     x = _batch()
-    t = BatchTransform(AugmentConfig(crop_padding=2, flip=True, cutout=4), MEAN, STD)
+    t = BatchTransform(AugmentConfig(crop_padding=2, flip=True, cutout=4, rotate=10, scale=0.1, brightness=0.1,
+                                     contrast=0.2), MEAN, STD)
     torch.manual_seed(7)
     a = t(x, train=True)
     torch.manual_seed(7)
@@ -88,3 +89,41 @@ def test_cutout_zeroes_one_square() -> None:
         rows, cols = mask.nonzero(as_tuple=True)
         assert 0 < len(rows) <= 16
         assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a rectangle
+
+
+def test_rotation_and_zoom_turn_images_about_their_centre() -> None:
+    # a bright bar through the centre of a dark 32x32 image: rotating and zooming about the centre
+    # keeps its centre of mass at the centre, changes the image, and keeps dtype and range
+    x = torch.zeros(64, 1, 32, 32, dtype=torch.uint8)
+    x[:, :, 14:18, 4:28] = 200
+    torch.manual_seed(0)
+    out = BatchTransform(AugmentConfig(rotate=30, scale=0.2), [0.0], [1.0]).geometric(x)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    changed = (out != x).flatten(1).any(1)
+    assert int(changed.sum()) > 55
+    ys = torch.arange(32.0).view(1, 1, 32, 1)
+    xs = torch.arange(32.0).view(1, 1, 1, 32)
+    mass = out.float().sum(dim=(1, 2, 3))
+    cy = (out.float() * ys).sum(dim=(1, 2, 3)) / mass
+    cx = (out.float() * xs).sum(dim=(1, 2, 3)) / mass
+    assert torch.allclose(cy, torch.full_like(cy, 15.5), atol=0.6)
+    assert torch.allclose(cx, torch.full_like(cx, 15.5), atol=0.6)
+    # a uniform image stays uniform (reflect padding brings in no black corners)
+    flat = torch.full((8, 3, 16, 16), 90, dtype=torch.uint8)
+    assert torch.equal(BatchTransform(AugmentConfig(rotate=45, scale=0.3), MEAN, STD).geometric(flat), flat)
+
+
+def test_brightness_and_contrast_jitter_each_image_within_range() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(60, 190, (128, 1, 16, 16), dtype=torch.uint8, generator=g)
+    torch.manual_seed(0)
+    out = BatchTransform(AugmentConfig(brightness=0.1), [0.0], [1.0]).geometric(x).float()
+    shift = (out - x.float()).flatten(1)
+    # one shift per image (no clipping for these pixel values), different between images, at most 25.5
+    assert torch.equal(shift.amin(1), shift.amax(1))
+    assert shift[:, 0].abs().max() <= 26 and shift[:, 0].std() > 5
+    out = BatchTransform(AugmentConfig(contrast=0.5), [0.0], [1.0]).geometric(x).float()
+    # contrast scales each image's spread about its own mean, which stays put
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), x.float().mean(dim=(1, 2, 3)), atol=1.0)
+    ratio = out.flatten(1).std(1) / x.float().flatten(1).std(1)
+    assert 0.45 < float(ratio.min()) < 0.7 and 1.3 < float(ratio.max()) < 1.55

@@ -31,6 +31,10 @@ class AugmentConfig(Section):
     translate: int = Field(0, ge=0, description="random translation by up to this many pixels (reflect padding); 0 = off")
     flip: bool = Field(False, description="random horizontal flip with probability 0.5")
     cutout: int = Field(0, ge=0, description="side in pixels of one random square set to zero; 0 = off")
+    rotate: float = Field(0.0, ge=0.0, le=180.0, description="random rotation by up to this many degrees either way (reflect padding); 0 = off")
+    scale: float = Field(0.0, ge=0.0, lt=1.0, description="random zoom by a factor in [1 - scale, 1 + scale]; 0 = off")
+    brightness: float = Field(0.0, ge=0.0, le=1.0, description="random brightness shift by up to this fraction of the pixel range; 0 = off")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="random contrast factor in [1 - contrast, 1 + contrast] about each image's mean; 0 = off")
 
 
 def check_folds(cv_folds: int | None, cv_fold: int | None) -> None:

@@ -45,11 +45,48 @@ def random_window(x: torch.Tensor, pad: int, mode: str = "constant", flip: bool 
     return blocks.index_select(0, image * (c * hp * wp) + dy * wp + dx)
 
 
+def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out`` (float, pixel scale) back in ``x``'s dtype: rounded and clipped to 0..255 for uint8."""
+    if x.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(x.dtype)
+
+
+def random_affine(x: torch.Tensor, degrees: float, scale: float) -> torch.Tensor:
+    """Rotate each image by an angle in [-degrees, degrees] and zoom it by a factor in [1-scale, 1+scale]
+    about its centre (bilinear, reflect padding), one ``affine_grid`` + ``grid_sample`` for the batch."""
+    b = x.shape[0]
+    angle = (torch.rand(b, device=x.device) * 2 - 1) * (degrees * torch.pi / 180)
+    zoom = 1 + (torch.rand(b, device=x.device) * 2 - 1) * scale
+    # the grid maps output to input coordinates: the inverse transform, i.e. rotate by -angle, scale by 1/zoom
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return _like(out, x)
+
+
+def random_photometric(x: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
+    """Per image: contrast factor in [1-contrast, 1+contrast] about the image's mean, then a brightness
+    shift of up to ``brightness`` × 255 either way; pixel values stay in 0..255."""
+    b = x.shape[0]
+    out = x.float()
+    if contrast:
+        factor = 1 + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * contrast
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (out - mean).mul_(factor).add_(mean)
+    if brightness:
+        out = out.add_((torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * (brightness * 255))
+    return _like(out.clamp_(0, 255), x)
+
+
 class BatchTransform(nn.Module):
     """``forward(x_uint8 [B,C,H,W], train) → float32 [B,C,H,W]``, normalised, channels_last.
 
     ``mean``/``std`` are per channel on the 0..255 scale (use 0 and 255 to only scale to 0..1).
-    In train mode it applies, per image: random crop after ``crop_padding`` zero padding, random
+    In train mode it applies, per image: random rotation (``rotate`` degrees) and zoom (``scale``),
+    brightness and contrast jitter, random crop after ``crop_padding`` zero padding, random
     translation by up to ``translate`` pixels (reflect padding), horizontal flip, and a
     ``cutout`` square set to 0 after normalisation (i.e. to the dataset mean).
     """
@@ -77,8 +114,13 @@ class BatchTransform(nn.Module):
         return out
 
     def geometric(self, x: torch.Tensor) -> torch.Tensor:
-        """Random crop (zero padding), translation (reflect padding) and flip of a [B,C,H,W] batch."""
+        """Random rotation/zoom, brightness/contrast, crop (zero padding), translation (reflect padding)
+        and flip of a [B,C,H,W] batch; the dtype is kept."""
         aug = self.aug
+        if aug.rotate or aug.scale:
+            x = random_affine(x, aug.rotate, aug.scale)
+        if aug.brightness or aug.contrast:
+            x = random_photometric(x, aug.brightness, aug.contrast)
         if aug.crop_padding:
             x = random_window(x, aug.crop_padding, "constant", flip=aug.flip and not aug.translate)
         if aug.translate or (aug.flip and not aug.crop_padding):
