@@ -36,6 +36,12 @@ class AugmentConfig(Section):
     brightness: float = Field(0.0, ge=0.0, le=1.0, description="random brightness shift by up to this fraction of the pixel range; 0 = off")
     contrast: float = Field(0.0, ge=0.0, lt=1.0, description="random contrast factor in [1 - contrast, 1 + contrast] about each image's mean; 0 = off")
 
+    @property
+    def random_views(self) -> bool:
+        """Whether the ops that a cached feature view can hold draw anything at random (flip is a view of
+        its own; cutout is not applied to cached views)."""
+        return bool(self.crop_padding or self.translate or self.rotate or self.scale or self.brightness or self.contrast)
+
 
 def check_folds(cv_folds: int | None, cv_fold: int | None) -> None:
     """The rule for ``data.cv_folds`` / ``data.cv_fold`` (image and caption data): both or neither, fold in range."""

@@ -48,7 +48,6 @@ def atomic_save(path: str | Path, save: Callable[[IO[bytes]], None]) -> None:
         save(fh)
 
 
-
 def build_folder(target: str | Path, build: Callable[[Path], None], *, marker: str, stamp: str = "ok\n") -> None:
     """Build the cache folder ``target`` once, atomically and once across processes.
 

@@ -45,16 +45,9 @@ def random_window(x: torch.Tensor, pad: int, mode: str = "constant", flip: bool 
     return blocks.index_select(0, image * (c * hp * wp) + dy * wp + dx)
 
 
-def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``out`` (float, pixel scale) back in ``x``'s dtype: rounded and clipped to 0..255 for uint8."""
-    if x.dtype == torch.uint8:
-        return out.round_().clamp_(0, 255).to(torch.uint8)
-    return out.to(x.dtype)
-
-
 def random_affine(x: torch.Tensor, degrees: float, scale: float) -> torch.Tensor:
-    """Rotate each image by an angle in [-degrees, degrees] and zoom it by a factor in [1-scale, 1+scale]
-    about its centre (bilinear, reflect padding), one ``affine_grid`` + ``grid_sample`` for the batch."""
+    """Rotate each image of a float batch by an angle in [-degrees, degrees] and zoom it by a factor in
+    [1-scale, 1+scale] about its centre (bilinear, reflect padding), one ``affine_grid`` + ``grid_sample``."""
     b = x.shape[0]
     angle = (torch.rand(b, device=x.device) * 2 - 1) * (degrees * torch.pi / 180)
     zoom = 1 + (torch.rand(b, device=x.device) * 2 - 1) * scale
@@ -63,22 +56,20 @@ def random_affine(x: torch.Tensor, degrees: float, scale: float) -> torch.Tensor
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return _like(out, x)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def random_photometric(x: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
-    """Per image: contrast factor in [1-contrast, 1+contrast] about the image's mean, then a brightness
-    shift of up to ``brightness`` × 255 either way; pixel values stay in 0..255."""
+    """Per image of a float batch on the 0..255 scale: contrast factor in [1-contrast, 1+contrast] about the
+    image's mean, then a brightness shift of up to ``brightness`` × 255 either way; values stay in 0..255."""
     b = x.shape[0]
-    out = x.float()
     if contrast:
         factor = 1 + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * contrast
-        mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = (out - mean).mul_(factor).add_(mean)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean).mul_(factor).add_(mean)
     if brightness:
-        out = out.add_((torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * (brightness * 255))
-    return _like(out.clamp_(0, 255), x)
+        x = x + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * (brightness * 255)
+    return x.clamp(0, 255)
 
 
 class BatchTransform(nn.Module):
@@ -117,10 +108,13 @@ class BatchTransform(nn.Module):
         """Random rotation/zoom, brightness/contrast, crop (zero padding), translation (reflect padding)
         and flip of a [B,C,H,W] batch; the dtype is kept."""
         aug = self.aug
-        if aug.rotate or aug.scale:
-            x = random_affine(x, aug.rotate, aug.scale)
-        if aug.brightness or aug.contrast:
-            x = random_photometric(x, aug.brightness, aug.contrast)
+        if aug.rotate or aug.scale or aug.brightness or aug.contrast:
+            out = x.float()  # one float round trip for both ops; back to x's dtype so the crops below
+            if aug.rotate or aug.scale:  # and the callers' preprocessing see what they always saw
+                out = random_affine(out, aug.rotate, aug.scale)
+            if aug.brightness or aug.contrast:
+                out = random_photometric(out, aug.brightness, aug.contrast)
+            x = out.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
         if aug.crop_padding:
             x = random_window(x, aug.crop_padding, "constant", flip=aug.flip and not aug.translate)
         if aug.translate or (aug.flip and not aug.crop_padding):

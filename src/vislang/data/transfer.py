@@ -160,9 +160,7 @@ def view_names(cfg: DataConfig, split: str, tta_flip: bool) -> list[str]:
     if split != "train":
         return ["clean", "flip"] if tta_flip else ["clean"]
     views = ["clean"] + (["flip"] if cfg.augment.flip else [])
-    a = cfg.augment  # the random ops a cached view can hold (cutout is not applied to cached views)
-    random_aug = a.crop_padding or a.translate or a.rotate or a.scale or a.brightness or a.contrast
-    if random_aug:
+    if cfg.augment.random_views:
         views += [f"aug{k}" for k in range(1, cfg.feature_views)]
     return views[:cfg.feature_views]
 
