@@ -52,6 +52,10 @@ def test_frozen_backbone_trains_on_cached_features_and_reuses_them(tmp_path):
     assert features.STATS["reused"] - before["reused"] >= computed
     m2 = json.loads((run2 / "metrics.json").read_text())
     assert m2["test"]["accuracy"] == m1["test"]["accuracy"]
+    # stochastic depth does nothing to the frozen backbone's eval-mode features: still a cache hit
+    train(config(tmp_path, data={"augment": {"flip": True}, "feature_views": 2}, eval={"tta_flip": True},
+                 model={"drop_path_rate": 0.2}), quiet=True)
+    assert features.STATS["computed"] - before["computed"] == computed
 
     # the checkpoint is the whole model: scoring raw images through the backbone agrees with the cache
     m3 = evaluate_run(run2, ["test"])

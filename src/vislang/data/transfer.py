@@ -32,6 +32,10 @@ from vislang.models.backbones import Preprocess, image_preprocessing
 log = logging.getLogger("vislang.data")
 
 
+# timm.create_model arguments that only act in train mode (dropout, stochastic depth, DropBlock)
+TRAIN_ONLY_TIMM_KWARGS = frozenset({"drop_rate", "drop_path_rate", "drop_block_rate"})
+
+
 def is_feature_batch(x: Tensor) -> bool:
     """Cached features are float ``[B, D]`` or ``[B, V, D]``; images are uint8 ``[B, C, H, W]``."""
     return x.is_floating_point() and x.dim() in (2, 3)
@@ -177,8 +181,11 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
     was_training = model.training
     home = next(model.parameters()).device
     model.eval().to(device)
+    # features are computed in eval mode, where timm's train-time regularisers do nothing: they do not key
+    # the cache (a frozen run with another drop_path_rate reuses the same features)
+    build = {k: v for k, v in preprocess.get("timm_kwargs", {}).items() if k not in TRAIN_ONLY_TIMM_KWARGS}
     base = {"kind": "avg+max pooled", "backbone": preprocess["backbone"], "weights": preprocess.get("weights"),
-            "timm_kwargs": preprocess.get("timm_kwargs", {}),
+            "timm_kwargs": build,
             "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
     out = []
     try:
