@@ -91,3 +91,29 @@ def test_transform_uses_train_statistics(sample_root: Path) -> None:
     assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
     expected = (x.float() - torch.tensor(dm.mean).view(1, 3, 1, 1)) / torch.tensor(dm.std).view(1, 3, 1, 1)
     torch.testing.assert_close(out, expected)
+
+
+def test_alternating_flip_shows_every_image_both_ways_every_two_epochs() -> None:
+    from vislang.config import AugmentConfig
+
+    dm = _dm(augment=AugmentConfig(flip=True, flip_mode="alternate"))
+    loader = dm.train_dataloader()
+    seen: list[dict[int, torch.Tensor]] = []
+    for epoch in (0, 1, 2):
+        loader.sampler.set_epoch(epoch)
+        order = torch.cat(list(loader.sampler))
+        images = torch.cat([x for x, _ in loader])
+        seen.append(dict(zip(order.tolist(), images, strict=True)))
+    store = dm.images["train"]
+    mirrored = [i for i, x in seen[0].items() if not torch.equal(x, store[i])]
+    assert 0.35 < len(mirrored) / len(seen[0]) < 0.65  # a seeded coin per image in epoch 0
+    common = seen[0].keys() & seen[1].keys() & seen[2].keys()  # (a tiny last batch is dropped)
+    assert len(common) > 850
+    for i in common:
+        assert torch.equal(seen[1][i], seen[0][i].flip(-1))  # the other side in epoch 1
+        assert torch.equal(seen[2][i], seen[0][i])  # and back in epoch 2
+    # the batch transform then only translates: it does not flip at random on top
+    transform = dm.transform()
+    torch.manual_seed(0)
+    batch = store[:64]
+    assert torch.equal(transform.geometric(batch), batch)

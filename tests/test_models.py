@@ -162,3 +162,27 @@ def test_fastnet_airbench_options_identity_convs_frozen_bn_scales_and_bias_lr():
     assert biases["lr"] == 0.5 * 64 and biases["weight_decay"] == 1e-3 / 64
     assert "lr" not in weights and weights["weight_decay"] == 1e-3
     assert not any(p is bn.weight for g in groups for p in g["params"] for bn in stage_bns)
+
+
+def test_fastnet_airbench_stem_is_whitened_frozen_and_unnormalised():
+    from vislang.config import ExperimentConfig
+    from vislang.tasks.classification import ClassificationTask
+
+    model = create_model("fastnet", num_classes=10, widths=[8, 16], stem_width=24, stem_bn=False, freeze_stem=True)
+    conv = model.stem[0]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.stem) and conv.bias is not None
+    torch.manual_seed(0)
+    model.init_whitening(torch.randn(64, 3, 16, 16) @ torch.randn(16, 16))
+    whitened = conv.weight.clone()
+    cfg = ExperimentConfig.model_validate({"train": {"lr": 0.5, "weight_decay": 1e-3, "bias_lr_mult": 64}})
+    task = ClassificationTask(model, cfg, num_classes=10)
+    groups = task._param_groups(cfg.train.weight_decay)
+    # the frozen filters are not optimised; the stem's conv bias learns at lr (the 64x is for BN shifts only)
+    assert not any(p is conv.weight for g in groups for p in g["params"])
+    stem_group = next(g for g in groups if any(p is conv.bias for p in g["params"]))
+    assert stem_group.get("lr", 0.5) == 0.5
+    opt = torch.optim.SGD([{k: v for k, v in g.items()} for g in groups], lr=0.5)
+    loss = nn.functional.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
+    loss.backward()
+    opt.step()
+    assert torch.equal(conv.weight, whitened) and conv.bias.abs().sum() > 0

@@ -120,3 +120,49 @@ class ThroughputBar(EpochThroughput, TQDMProgressBar):
         if self.rate:
             items[self.unit] = f"{self.rate:.0f}"
         return items
+
+
+class Lookahead(Callback):
+    """Weight averaging that training continues from (airbench's / hlb-cifar10's "lookahead").
+
+    Every ``every`` optimiser steps from epoch ``start_epoch`` on, the average moves toward the
+    weights, ``avg = rho * avg + (1 - rho) * w`` with ``rho = decay * (step / total) ** ramp_power``,
+    and is copied back into the model; at the end of each epoch (before validation and the
+    checkpoint) the model takes the average. Unlike Lightning's ``EMAWeightAveraging``, which only
+    swaps an average in for evaluation, this changes the training trajectory; Lightning has no such
+    callback, hence this one. Batch-norm running statistics are averaged too, as airbench does.
+    """
+
+    def __init__(self, decay: float, every: int = 5, ramp_power: float = 0.0, start_epoch: int = 0) -> None:
+        self.decay, self.every, self.ramp_power, self.start_epoch = decay, every, ramp_power, start_epoch
+        self.average: list[Any] | None = None
+
+    @staticmethod
+    def _tensors(pl_module: L.LightningModule) -> list[Any]:
+        module = getattr(pl_module, "model", pl_module)
+        return [t for t in module.state_dict(keep_vars=False).values() if t.is_floating_point()]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.average is not None and self.average[0].device != pl_module.device:  # resumed elsewhere
+            self.average = [a.to(pl_module.device) for a in self.average]
+        if trainer.current_epoch >= self.start_epoch and step % self.every == 0:
+            tensors = self._tensors(pl_module)
+            if self.average is None:
+                self.average = [t.detach().clone() for t in tensors]
+            else:
+                total = max(1, int(trainer.estimated_stepping_batches))
+                rho = self.decay * min(1.0, step / total) ** self.ramp_power
+                for avg, t in zip(self.average, tensors, strict=True):
+                    avg.lerp_(t, 1 - rho)
+                    t.copy_(avg)
+        if self.average is not None and batch_idx + 1 >= trainer.num_training_batches:
+            for avg, t in zip(self.average, self._tensors(pl_module), strict=True):
+                t.copy_(avg)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": self.average}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.average = state_dict.get("average")

@@ -30,6 +30,7 @@ class AugmentConfig(Section):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels; 0 = off")
     translate: int = Field(0, ge=0, description="random translation by up to this many pixels (reflect padding); 0 = off")
     flip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    flip_mode: Literal["random", "alternate"] = Field("random", description="flip: random = each image is mirrored with probability 0.5 in every epoch; alternate = each image gets a fixed random side in even epochs and the other side in odd ones, so every two epochs show it both ways (airbench's alternating flip)")
     cutout: int = Field(0, ge=0, description="side in pixels of one random square set to zero; 0 = off")
     rotate: float = Field(0.0, ge=0.0, le=180.0, description="random rotation by up to this many degrees either way (reflect padding); 0 = off")
     scale: float = Field(0.0, ge=0.0, lt=1.0, description="random zoom by a factor in [1 - scale, 1 + scale]; 0 = off")
@@ -115,6 +116,15 @@ class EarlyStopConfig(Section):
 class EmaConfig(Section):
     decay: float = Field(0.0, ge=0.0, lt=1.0, description="exponential moving average of weights used for evaluation; 0 = off")
     every: int = Field(5, ge=1, description="update the average every this many steps")
+    lookahead: bool = Field(False, description="copy the average back into the model at every update and at each epoch's end (airbench / hlb-cifar10's lookahead): training continues from the averaged weights; false = the average is only swapped in for evaluation")
+    ramp_power: float = Field(0.0, ge=0.0, description="lookahead: decay grows over training as decay * (step / total_steps) ** ramp_power (airbench: 3), so it moves fast early and averages strongly at the end; 0 = constant decay")
+    start_epoch: int = Field(0, ge=0, description="lookahead: first epoch that averages")
+
+    @model_validator(mode="after")
+    def _lookahead_needs_decay(self) -> EmaConfig:
+        if self.lookahead and self.decay <= 0:
+            raise ValueError("lookahead averages with train.ema.decay: set a decay in (0, 1), e.g. 0.77 (airbench)")
+        return self
 
 
 class TrainConfig(Section):
@@ -127,6 +137,8 @@ class TrainConfig(Section):
     schedule: Literal["none", "onecycle", "cosine", "step", "plateau"] = "onecycle"
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up length in epochs (cosine, step, none); onecycle uses pct_start")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent rising to lr")
+    div_factor: float = Field(25.0, ge=1, description="onecycle: starts at lr / div_factor (PyTorch OneCycleLR's name)")
+    final_div_factor: float = Field(1000.0, ge=1, description="onecycle: ends at lr / (div_factor * final_div_factor)")
     step_size: int = Field(30, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0, le=1, description="step/plateau: decay factor")
     plateau_patience: int = Field(3, ge=1)
@@ -141,7 +153,7 @@ class TrainConfig(Section):
     checkpoint_monitor: str | None = Field(None, description="metric that picks the best checkpoint; null = the task's own (val/acc for classification)")
     ema: EmaConfig = Field(default_factory=EmaConfig)
     class_weights: Literal["auto"] | list[float] | dict[str, float] | None = Field(None, description="loss weight per class: auto = inverse class frequency (n / (classes * count)); a list (class order) or a {class: weight} map; null = equal")
-    bias_lr_mult: float = Field(1.0, gt=0, description="learning rate of biases and normalisation parameters as a multiple of lr (airbench uses 64 with frozen BN scales); when not 1 they also get weight decay, scaled so that each step decays them by the same fraction as the weights")
+    bias_lr_mult: float = Field(1.0, gt=0, description="learning rate of normalisation-layer parameters (BatchNorm / LayerNorm / GroupNorm shifts and scales) as a multiple of lr (airbench uses 64 with frozen BN scales); when not 1 they also get weight decay, scaled so that each step decays them by the same fraction as the weights")
     backbone_lr_mult: float = Field(1.0, gt=0, description="learning rate of a pretrained backbone's parameters as a fraction of lr (discriminative learning rates; e.g. 0.1); the head uses lr")
 
 

@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
-from vislang.callbacks import HistoryWriter, ThroughputBar
+from vislang.callbacks import HistoryWriter, Lookahead, ThroughputBar
 from vislang.config import ExperimentConfig, load_config, save_config
 from vislang.errors import VislangError
 from vislang.io import atomic_write_json
@@ -139,7 +139,9 @@ def _callbacks(cfg: Any, run_dir: Path, has_val: bool, quiet: bool) -> list[L.Ca
     if es.monitor:
         mode = metric_mode(es.monitor) if es.mode == "auto" else es.mode
         callbacks.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=mode))
-    if t.ema.decay > 0:
+    if t.ema.decay > 0 and t.ema.lookahead:
+        callbacks.append(Lookahead(t.ema.decay, t.ema.every, t.ema.ramp_power, t.ema.start_epoch))
+    elif t.ema.decay > 0:
         callbacks.append(EMAWeightAveraging(decay=t.ema.decay, update_every_n_steps=t.ema.every))
     return callbacks
 

@@ -61,6 +61,26 @@ class BatchDataset(Dataset):
         return len(self.labels)
 
 
+class AlternatingFlipDataset(BatchDataset):
+    """Training batches with airbench's alternating flip: image ``i`` is mirrored in epoch ``e`` when
+    ``side[i] XOR (e odd)``, with ``side`` a fixed, seeded coin per image. Every image is seen both
+    ways every two epochs (random flipping leaves a quarter of them one way round for both epochs).
+    The epoch is the sampler's (Lightning calls its ``set_epoch``), so a resumed run continues the pattern.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: BatchIndexSampler, seed: int) -> None:
+        super().__init__(images, labels)
+        self.sampler = sampler
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919)
+        self.side = torch.rand(len(labels), generator=generator) < 0.5
+
+    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = super().__getitem__(index)
+        mirror = self.side[index] ^ bool(self.sampler.epoch % 2)
+        images = torch.where(mirror.view(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
+        return images, labels
+
+
 class BatchIndexSampler(Sampler[torch.Tensor]):
     """Yields one index tensor per batch, from a permutation seeded by (seed, epoch) when shuffling.
 
@@ -249,8 +269,13 @@ class ImageDataModule(L.LightningDataModule):
         # drop the last batch only when it would be tiny (< half a batch) and there are others
         drop_last = shuffle and n > bs and 0 < n % bs < bs / 2
         sampler = BatchIndexSampler(n, bs, shuffle=shuffle, seed=self.seed, drop_last=drop_last)
+        aug = self.cfg.augment
+        if shuffle and aug.flip and aug.flip_mode == "alternate":
+            dataset: BatchDataset = AlternatingFlipDataset(self.images[split], self.labels[split], sampler, self.seed)
+        else:
+            dataset = BatchDataset(self.images[split], self.labels[split])
         return DataLoader(
-            BatchDataset(self.images[split], self.labels[split]),
+            dataset,
             sampler=sampler,
             batch_size=None,
             num_workers=0,

@@ -372,11 +372,21 @@ class FastNet(ImageClassifier):
     def __init__(self, num_classes: int, in_channels: int, stem_width: int, stem_kernel: int,
                  widths: Sequence[int], convs: Sequence[int], residual: Sequence[bool], activation: str,
                  final_pool: str, logit_scale: float, bn_momentum: float, freeze_bn_scale: bool = False,
-                 dirac_init: bool = False):
+                 dirac_init: bool = False, stem_bn: bool = True, freeze_stem: bool = False):
         super().__init__(widths[-1], num_classes, logit_scale=logit_scale)
         pad = stem_kernel // 2 if stem_kernel % 2 else 0
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, stem_kernel, padding=pad, bias=False),
-                                  nn.BatchNorm2d(stem_width, momentum=bn_momentum), make_activation(activation))
+        conv = nn.Conv2d(in_channels, stem_width, stem_kernel, padding=pad, bias=not stem_bn)
+        if stem_bn:
+            self.stem = nn.Sequential(conv, nn.BatchNorm2d(stem_width, momentum=bn_momentum),
+                                      make_activation(activation))
+        else:
+            # airbench: the whitened stem feeds the activation directly (a BN would rescale every
+            # whitened channel to unit variance, amplifying the low-variance, noisy directions)
+            nn.init.zeros_(conv.bias)
+            self.stem = nn.Sequential(conv, make_activation(activation))
+        if freeze_stem:
+            # airbench: the PCA-whitening filters (init_whitening) stay as computed; the bias still learns
+            conv.weight.requires_grad_(False)
         cins = [stem_width, *widths[:-1]]
         self.stages = nn.Sequential(*(FastStage(ci, w, n, r, activation, bn_momentum)
                                       for ci, w, n, r in zip(cins, widths, convs, residual, strict=True)))
@@ -433,7 +443,8 @@ def fastnet(num_classes: int, in_channels: int = 3, image_size: tuple[int, int] 
             widths: Sequence[int] = (64, 128, 256), stem_width: int = 24, stem_kernel: int = 2,
             convs_per_stage: int | Sequence[int] = 2, residual: bool | Sequence[bool] = False,
             activation: str = "gelu", final_pool: str = "max", logit_scale: float = 1 / 9,
-            bn_momentum: float = 0.4, freeze_bn_scale: bool = False, dirac_init: bool = False) -> ImageClassifier:
+            bn_momentum: float = 0.4, freeze_bn_scale: bool = False, dirac_init: bool = False,
+            stem_bn: bool = True, freeze_stem: bool = False) -> ImageClassifier:
     """Fast CIFAR net after airbench94 / ResNet-9: stem, then conv+max-pool+BN+act stages.
 
     ``widths``: one width per stage (each stage halves the resolution); ``stem_width``/``stem_kernel``:
@@ -442,7 +453,9 @@ def fastnet(num_classes: int, in_channels: int = 3, image_size: tuple[int, int] 
     a residual branch (ResNet-9 style); ``final_pool``: 'max' | 'avg'; ``logit_scale``: multiplies the
     logits (airbench's 1/9); ``bn_momentum``: PyTorch BatchNorm momentum; ``freeze_bn_scale``: keep the
     BatchNorm scales of the stages at 1 (airbench; pair with ``train.bias_lr_mult``); ``dirac_init``: start
-    every stage conv as the identity (airbench).
+    every stage conv as the identity (airbench); ``stem_bn``: batch norm after the stem conv (false: a
+    conv with a bias straight into the activation, airbench); ``freeze_stem``: the stem filters do not
+    train (keep the PCA whitening; airbench).
     ResNet-9 is ``widths=[128, 256, 512], stem_width=64, stem_kernel=3, convs_per_stage=[3, 1, 3],
     residual=true, activation=relu, logit_scale=0.125``.
     """
@@ -454,4 +467,4 @@ def fastnet(num_classes: int, in_channels: int = 3, image_size: tuple[int, int] 
     convs = [int(c) for c in _per_stage(convs_per_stage, n, "convs_per_stage")]
     res = [bool(r) for r in _per_stage(residual, n, "residual")]
     return FastNet(num_classes, in_channels, stem_width, stem_kernel, widths, convs, res, activation,
-                   final_pool, logit_scale, bn_momentum, freeze_bn_scale, dirac_init)
+                   final_pool, logit_scale, bn_momentum, freeze_bn_scale, dirac_init, stem_bn, freeze_stem)

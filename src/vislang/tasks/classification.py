@@ -141,7 +141,8 @@ class ClassificationTask(L.LightningModule):
 
     # ------------------------------------------------------------------------------ optimiser
     def _param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """No weight decay on biases and normalisation parameters (1-D tensors), the usual practice.
+        """No weight decay on biases and normalisation parameters (1-D tensors), the usual practice;
+        normalisation layers' parameters learn at ``lr * train.bias_lr_mult`` (airbench's bias scaler).
 
         A model with a pretrained ``backbone`` module gets its parameters in their own groups at
         ``lr * train.backbone_lr_mult`` (discriminative learning rates), frozen ones included: they get
@@ -149,17 +150,19 @@ class ClassificationTask(L.LightningModule):
         """
         backbone = getattr(self.model, "backbone", None)
         in_backbone = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+        in_norm = {id(p) for m in self.model.modules() if isinstance(m, norm_types) for p in m.parameters(False)}
+        groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
         for p in self.model.parameters():
             if p.requires_grad or id(p) in in_backbone:
-                groups.setdefault((id(p) in in_backbone, p.ndim <= 1), []).append(p)
+                groups.setdefault((id(p) in in_backbone, p.ndim <= 1, id(p) in in_norm), []).append(p)
         out = []
         t = self.cfg.train
         bias_mult = getattr(t, "bias_lr_mult", 1.0)
-        for (is_backbone, no_decay), params in sorted(groups.items()):
+        for (is_backbone, no_decay, is_norm), params in sorted(groups.items()):
             group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
             mult = getattr(t, "backbone_lr_mult", 1.0) if is_backbone else 1.0
-            if no_decay and bias_mult != 1.0:
+            if is_norm and bias_mult != 1.0:
                 # airbench's bias scaler: lr * m with weight decay / m, so the per-step decay is the weights'
                 mult *= bias_mult
                 group["weight_decay"] = weight_decay / bias_mult
@@ -193,19 +196,23 @@ class ClassificationTask(L.LightningModule):
 def lr_factor_fn(t: TrainConfig, steps_per_epoch: int, total_steps: int):
     """Per-step multiplier of the peak lr for every schedule but 'plateau'.
 
-    onecycle: linear rise from lr/25 to lr over ``pct_start`` of the steps, then linear decay to
-    lr/25000 (the shape of PyTorch's OneCycleLR with linear annealing, written here because
-    OneCycleLR overshoots below zero on the scheduler step Lightning takes after the last batch).
+    onecycle: linear rise from lr/div_factor to lr over ``pct_start`` of the steps, then linear decay
+    to lr/(div_factor*final_div_factor) (the shape of PyTorch's OneCycleLR with linear annealing, with
+    its parameter names; written here because OneCycleLR overshoots below zero on the scheduler step
+    Lightning takes after the last batch). airbench's "triangle" is div_factor 5, final_div_factor 2.86.
     The others: linear warm-up over ``warmup_epochs``, then cosine / step decay / constant.
     """
     warmup = int(t.warmup_epochs * steps_per_epoch)
     peak = max(1, round(t.pct_start * total_steps))
 
+    start = 1 / t.div_factor
+    end = start / t.final_div_factor
+
     def factor(step: int) -> float:
         if t.schedule == "onecycle":
             if step < peak:
-                return 1 / 25 + (1 - 1 / 25) * step / peak
-            return max(1 / 25000, 1 - (step - peak) / max(1, total_steps - peak))
+                return start + (1 - start) * step / peak
+            return max(end, 1 - (1 - end) * (step - peak) / max(1, total_steps - peak))
         if step < warmup:
             return (step + 1) / warmup
         if t.schedule == "cosine":
