@@ -63,6 +63,20 @@ def test_frozen_backbone_trains_on_cached_features_and_reuses_them(tmp_path):
 
 
 @pytest.mark.usefixtures("mirror")
+def test_a_frozen_run_scores_the_same_with_or_without_the_feature_cache(tmp_path):
+    import csv
+
+    runs = [train(config(tmp_path, data={"feature_cache": cache}), quiet=True, light=True) for cache in (True, False)]
+    history = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
+    for cached, plain in zip(*history, strict=True):  # same head, same batches, same features
+        assert float(cached["train/loss"]) == pytest.approx(float(plain["train/loss"]), abs=2e-3)
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    # evaluation runs in the training precision, as the cached features were computed: the final
+    # scores agree (before, images were scored in fp32 and cached features in bf16)
+    assert abs(metrics[0]["test"]["accuracy"] - metrics[1]["test"]["accuracy"]) <= 1 / 50
+
+
+@pytest.mark.usefixtures("mirror")
 def test_grayscale_images_fine_tune_an_rgb_backbone(tmp_path):
     cfg = config(tmp_path, data={"dataset": "pneumoniamnist", "channels": 1, "val_fraction": 0.1,
                                  "subset": {"train": 96, "val": 32, "test": 32}, "augment": {"flip": True}},

@@ -24,6 +24,8 @@ def predict_split(task: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     ``task.transform``), or of ready inputs such as text ``(ids, lengths)`` tuples (``task.transform`` None)."""
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
+    from vislang.run import inference_autocast
+
     task.eval()
     device = next(task.parameters()).device
     probs, targets = [], []
@@ -31,7 +33,8 @@ def predict_split(task: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
         x = move_data_to_device(x, device)
         if task.transform is not None:
             x = task.transform(x, train=False)
-        probs.append(task.predict_proba(x).cpu())
+        with inference_autocast(getattr(task, "cfg", None), device):
+            probs.append(task.predict_proba(x).float().cpu())
         targets.append(y)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
@@ -143,8 +146,11 @@ def predict_files(run_dir: Path, paths: list[Path], top_k: int = 5) -> list[list
         if not Path(p).is_file():
             raise VislangError(f"Image {p} does not exist.")
     _, info, task = load_run(Path(run_dir))
+    from vislang.run import inference_autocast
+
     x = task.transform(load_image_files(paths, tuple(info["input_shape"])), train=False)
-    probs = task.predict_proba(x)
+    with inference_autocast(task.cfg, next(task.parameters()).device):
+        probs = task.predict_proba(x).float()
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     names = info["class_names"]

@@ -80,6 +80,16 @@ def resolve_precision(cfg: ExperimentConfig, accelerator: str) -> str:
     return "32-true"
 
 
+def inference_autocast(cfg: Any, device: torch.device) -> Any:
+    """The autocast context of the run's training precision on ``device``, for evaluation and predict: a
+    model is scored in the precision it was trained and validated in (as Lightning's own loops do), so a
+    run's final metrics agree with its last validation and a frozen run scores the same with or without
+    the feature cache (whose features are computed in that precision)."""
+    precision = resolve_precision(cfg, device.type) if cfg is not None else "32-true"
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def resolve_accelerator(cfg: ExperimentConfig) -> str:
     """The device type a run trains on: ``train.accelerator``, with ``auto`` = CUDA, then MPS, then the
     CPU. The one-off frozen-feature passes use it too: on a GPU machine they must not fall back to the CPU."""
