@@ -142,11 +142,13 @@ class Lookahead(Callback):
         module = getattr(pl_module, "model", pl_module)
         return [t for t in module.state_dict(keep_vars=False).values() if t.is_floating_point()]
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.average is not None:  # restored from a checkpoint: onto the device training runs on
+            self.average = [a.to(pl_module.device) for a in self.average]
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if self.average is not None and self.average[0].device != pl_module.device:  # resumed elsewhere
-            self.average = [a.to(pl_module.device) for a in self.average]
         if trainer.current_epoch >= self.start_epoch and step % self.every == 0:
             tensors = self._tensors(pl_module)
             if self.average is None:

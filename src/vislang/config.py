@@ -38,6 +38,11 @@ class AugmentConfig(Section):
     contrast: float = Field(0.0, ge=0.0, lt=1.0, description="random contrast factor in [1 - contrast, 1 + contrast] about each image's mean; 0 = off")
 
     @property
+    def alternating_flip(self) -> bool:
+        """flip with flip_mode alternate: the training loader mirrors (AlternatingFlipDataset), not the batch transform."""
+        return self.flip and self.flip_mode == "alternate"
+
+    @property
     def random_views(self) -> bool:
         """Whether the ops that a cached feature view can hold draw anything at random (flip is a view of
         its own; cutout is not applied to cached views)."""

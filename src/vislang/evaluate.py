@@ -15,7 +15,7 @@ from vislang.errors import VislangError
 from vislang.io import atomic_write_json, atomic_write_text
 from vislang.metrics.classification import classification_metrics
 from vislang.report import plots
-from vislang.run import load_run, read_json
+from vislang.run import inference_autocast, load_run, read_json
 
 
 @torch.no_grad()
@@ -23,8 +23,6 @@ def predict_split(task: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[N, C]`` and targets ``[N]`` over a loader of raw uint8 image batches (made ready by
     ``task.transform``), or of ready inputs such as text ``(ids, lengths)`` tuples (``task.transform`` None)."""
     from lightning.fabric.utilities.apply_func import move_data_to_device
-
-    from vislang.run import inference_autocast
 
     task.eval()
     device = next(task.parameters()).device
@@ -34,7 +32,7 @@ def predict_split(task: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
         if task.transform is not None:
             x = task.transform(x, train=False)
         with inference_autocast(getattr(task, "cfg", None), device):
-            probs.append(task.predict_proba(x).float().cpu())
+            probs.append(task.predict_proba(x).cpu())
         targets.append(y)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
@@ -146,11 +144,9 @@ def predict_files(run_dir: Path, paths: list[Path], top_k: int = 5) -> list[list
         if not Path(p).is_file():
             raise VislangError(f"Image {p} does not exist.")
     _, info, task = load_run(Path(run_dir))
-    from vislang.run import inference_autocast
-
     x = task.transform(load_image_files(paths, tuple(info["input_shape"])), train=False)
     with inference_autocast(task.cfg, next(task.parameters()).device):
-        probs = task.predict_proba(x).float()
+        probs = task.predict_proba(x)
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     names = info["class_names"]

@@ -115,7 +115,7 @@ class BatchTransform(nn.Module):
             if aug.brightness or aug.contrast:
                 out = random_photometric(out, aug.brightness, aug.contrast)
             x = out.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
-        flip = aug.flip and aug.flip_mode == "random"  # alternate: the training loader mirrors (AlternatingFlip)
+        flip = aug.flip and not aug.alternating_flip
         if aug.crop_padding:
             x = random_window(x, aug.crop_padding, "constant", flip=flip and not aug.translate)
         if aug.translate or (flip and not aug.crop_padding):

@@ -269,8 +269,7 @@ class ImageDataModule(L.LightningDataModule):
         # drop the last batch only when it would be tiny (< half a batch) and there are others
         drop_last = shuffle and n > bs and 0 < n % bs < bs / 2
         sampler = BatchIndexSampler(n, bs, shuffle=shuffle, seed=self.seed, drop_last=drop_last)
-        aug = self.cfg.augment
-        if shuffle and aug.flip and aug.flip_mode == "alternate":
+        if shuffle and self.cfg.augment.alternating_flip:
             dataset: BatchDataset = AlternatingFlipDataset(self.images[split], self.labels[split], sampler, self.seed)
         else:
             dataset = BatchDataset(self.images[split], self.labels[split])
