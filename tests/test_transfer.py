@@ -66,14 +66,19 @@ def test_frozen_backbone_trains_on_cached_features_and_reuses_them(tmp_path):
 def test_a_frozen_run_scores_the_same_with_or_without_the_feature_cache(tmp_path):
     import csv
 
-    runs = [train(config(tmp_path, data={"feature_cache": cache}), quiet=True, light=True) for cache in (True, False)]
-    history = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
-    for cached, plain in zip(*history, strict=True):  # same head, same batches, same features
-        assert float(cached["train/loss"]) == pytest.approx(float(plain["train/loss"]), abs=2e-3)
-    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
-    # evaluation runs in the training precision, as the cached features were computed: the final
-    # scores agree (before, images were scored in fp32 and cached features in bf16)
-    assert abs(metrics[0]["test"]["accuracy"] - metrics[1]["test"]["accuracy"]) <= 1 / 50
+    # in the default precision (bf16 on this CPU) and in fp32: the feature pass runs in the run's precision
+    for precision in ("auto", "32"):
+        before = features.STATS["computed"]
+        runs = [train(config(tmp_path, data={"feature_cache": cache}, train={"precision": precision}),
+                      quiet=True, light=True) for cache in (True, False)]
+        assert features.STATS["computed"] > before  # each precision has its own cache entries
+        history = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
+        for cached, plain in zip(*history, strict=True):  # same head, same batches, same features
+            assert float(cached["train/loss"]) == pytest.approx(float(plain["train/loss"]), abs=2e-3)
+        metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+        # evaluation runs in the training precision, as the cached features were computed: the final
+        # scores agree (before, images were scored in fp32 and cached features in bf16)
+        assert abs(metrics[0]["test"]["accuracy"] - metrics[1]["test"]["accuracy"]) <= 1 / 50
 
 
 @pytest.mark.usefixtures("mirror")

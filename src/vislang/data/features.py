@@ -87,17 +87,26 @@ def _index(folder: Path) -> tuple[list[Path], dict[bytes, tuple[int, int]]]:
     return chunks, where
 
 
-def _autocast(precision: str, device: torch.device) -> Any:
+def autocast_precision(precision: str, device: torch.device) -> str:
+    """``bf16``, ``16`` or ``32``: the autocast a feature pass runs under. Takes vislang's short names or
+    Lightning's (``bf16-mixed``, ``32-true`` ...); ``auto`` = bf16 on CUDA that supports it and on CPUs with
+    native bf16, fp16 on other CUDA devices, else fp32 (as :func:`vislang.run.resolve_precision`)."""
     if precision == "auto":
         if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "16"
-        elif device.type == "cpu":
+            return "bf16" if torch.cuda.is_bf16_supported() else "16"
+        if device.type == "cpu":
             from vislang.run import cpu_has_native_bf16
 
-            precision = "bf16" if cpu_has_native_bf16() else "32"
-        else:
-            precision = "32"
-    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
+            return "bf16" if cpu_has_native_bf16() else "32"
+        return "32"
+    short = str(precision).split("-")[0]
+    if short not in ("bf16", "16", "32"):
+        raise ValueError(f"unknown precision {precision!r}")
+    return short
+
+
+def _autocast(precision: str, device: torch.device) -> Any:
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(autocast_precision(precision, device))
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 

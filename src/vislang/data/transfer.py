@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from vislang.config import AugmentConfig, DataConfig
 from vislang.data.augment import BatchTransform
 from vislang.data.datamodule import BatchIndexSampler, ImageDataModule, _rng, stratified_sample
-from vislang.data.features import cached_features
+from vislang.data.features import autocast_precision, cached_features
 from vislang.data.sampling import BalancedBatchSampler
 from vislang.errors import VislangError
 from vislang.models.backbones import Preprocess, image_preprocessing
@@ -172,10 +172,13 @@ def view_names(cfg: DataConfig, split: str, tta_flip: bool) -> list[str]:
 @torch.no_grad()
 def split_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
                    aug: AugmentConfig, seed: int, desc: str, progress: bool = True,
-                   batch_size: int = 64, device: str | torch.device = "cpu") -> Tensor:
+                   batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "auto") -> Tensor:
     """Pooled features ``[N, V, D]`` (float16) of the backbone for each view, as ``model.forward_features``
-    gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache."""
+    gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache. ``precision``
+    (the run's training precision) sets the autocast of the pass and keys the cache: a bf16 run and an
+    fp32 run never share features."""
     device = torch.device(device)
+    precision = autocast_precision(precision, device)
     pre = image_preprocessing(preprocess).to(device)
     geometry = BatchTransform(aug, [0.0] * images.shape[1], [1.0] * images.shape[1]).to(device)
     was_training = model.training
@@ -185,7 +188,7 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
     # the cache (a frozen run with another drop_path_rate reuses the same features)
     build = {k: v for k, v in preprocess.get("timm_kwargs", {}).items() if k not in TRAIN_ONLY_TIMM_KWARGS}
     base = {"kind": "avg+max pooled", "backbone": preprocess["backbone"], "weights": preprocess.get("weights"),
-            "timm_kwargs": build,
+            "timm_kwargs": build, "precision": precision,
             "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
     out = []
     try:
@@ -206,7 +209,7 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
                 torch.manual_seed(_view_seed(seed, view))
                 pooled = cached_features(key, images, extract, batch_size=batch_size, progress=progress,
                                          desc=f"{desc}/{view}", name=f"{preprocess['backbone']}-{view}",
-                                         device=device)
+                                         device=device, precision=precision)
             # both poolings are cached, so changing model.pooling reuses the cache
             parts = {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
             out.append(torch.cat([torch.from_numpy(np.array(pooled[k])) for k in parts], 1))  # copy: memmaps are read-only
@@ -216,9 +219,11 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
 
 
 def attach_features(model: nn.Module, dm: TransferDataModule, *, tta_flip: bool, seed: int,
-                    progress: bool = True, splits: list[str] | None = None, device: str | torch.device = "cpu") -> None:
-    """Compute (or read back) the frozen backbone's features of ``splits`` (default: all) on ``device``
-    and make ``dm`` serve them; other splits are served as images (the checkpoint holds the whole model)."""
+                    progress: bool = True, splits: list[str] | None = None, device: str | torch.device = "cpu",
+                    precision: str = "auto") -> None:
+    """Compute (or read back) the frozen backbone's features of ``splits`` (default: all) on ``device``, in
+    the run's ``precision``, and make ``dm`` serve them; other splits are served as images (the checkpoint
+    holds the whole model)."""
     assert dm.preprocess is not None
     pre = dict(dm.preprocess, weights=getattr(model, "data_cfg", {}).get("weights"),
                timm_kwargs=getattr(model, "data_cfg", {}).get("timm_kwargs", {}))
@@ -227,7 +232,8 @@ def attach_features(model: nn.Module, dm: TransferDataModule, *, tta_flip: bool,
             continue
         views = view_names(dm.cfg, split, tta_flip)
         dm.features[split] = split_features(model, images, views, preprocess=pre, aug=dm.cfg.augment, seed=seed,
-                                            desc=f"{pre['backbone']}:{split}", progress=progress, device=device)
+                                            desc=f"{pre['backbone']}:{split}", progress=progress, device=device,
+                                            precision=precision)
         if split == "train":
             dm.eval_views[split] = 1  # evaluating the train split uses the un-augmented view
     if dm.cfg.feature_views > 1 and dm.features["train"].shape[1] < dm.cfg.feature_views:

@@ -154,11 +154,12 @@ def prepare(task: ClassificationTask, dm: Any) -> None:
         frozen = task.model.frozen_all and task.model.unfreeze_at_epoch is None
         if frozen and cfg.data.feature_cache:
             from vislang.data.transfer import attach_features
-            from vislang.run import resolve_accelerator
+            from vislang.run import resolve_accelerator, resolve_precision
 
+            accelerator = resolve_accelerator(cfg)
             attach_features(task.model, dm, tta_flip=cfg.eval.tta_flip, seed=cfg.seed, progress=dm.progress,
                             splits=["train", "val", cfg.eval.split],  # the splits this run scores
-                            device=resolve_accelerator(cfg))
+                            device=accelerator, precision=resolve_precision(cfg, accelerator))
         elif cfg.data.feature_cache and task.model.frozen_all:
             log.info("feature cache off: the backbone unfreezes at epoch %s", task.model.unfreeze_at_epoch)
     if hasattr(task.model, "init_whitening"):
