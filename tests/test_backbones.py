@@ -94,6 +94,34 @@ def test_freeze_up_to_a_stage_keeps_frozen_batchnorm_in_eval():
         create_model("timm", num_classes=4, backbone="tf_efficientnet_lite0", pretrained=None, freeze="blockz.3")
 
 
+def test_fine_tuning_with_frozen_batchnorm_statistics():
+    # bn_stats: frozen -- the whole network trains, yet every batch-norm layer normalises with its pretrained
+    # running statistics: a training step leaves them untouched and, without dropout, the train-mode output
+    # is the eval-mode output (a head trained on frozen features stays valid)
+    model = create_model("timm", num_classes=3, backbone="tf_efficientnet_lite0", pretrained=LITE0, freeze="none",
+                         bn_stats="frozen", dropout=0.0, input_size=64)
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in bns]
+    x = torch.rand(4, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    model.train()
+    assert not any(m.training for m in bns) and all(p.requires_grad for p in model.parameters())
+    out = model(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()
+    out.sum().backward()
+    assert bns[0].weight.grad is not None  # scale and shift still learn
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(bns, before))
+    # the default: batch statistics in train mode
+    model = create_model("timm", num_classes=3, backbone="tf_efficientnet_lite0", pretrained=None, freeze="none")
+    model.train()
+    assert all(m.training for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(VislangError, match="bn_stats"):
+        create_model("timm", num_classes=3, backbone="tf_efficientnet_lite0", pretrained=None, bn_stats="fixed")
+
+
 def test_frozen_model_head_only_and_cached_feature_input():
     model = create_model("timm", num_classes=5, backbone="tf_efficientnet_lite0", pretrained=LITE0, freeze="all",
                          pooling="avgmax", hidden=[64])

@@ -170,3 +170,37 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
     assert json.loads((run / "run.json").read_text())["devices"] == 2
     assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 200
     assert "error" not in result.stderr.lower()
+
+
+def test_a_run_starts_from_an_earlier_runs_weights(trained, tmp_path):
+    import torch
+
+    def weights(run: Path) -> dict:
+        return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+    source = weights(trained)
+    # a learning rate of ~0 leaves what was copied in place: every tensor equals the earlier run's
+    path = write_config(tmp_path, epochs=1)
+    result = runner.invoke(app, ["train", str(path), "--light", "--set", "name=warm", "--set", f"model.init_from={trained}",
+                                 "--set", "train.lr=1e-12", "--set", "train.weight_decay=0"])
+    assert result.exit_code == 0, result.output
+    warm = weights(tmp_path / "runs" / "warm")
+    convs = [k for k in source if k.endswith("weight") and source[k].dim() == 4]
+    assert convs and all(torch.allclose(warm[k], source[k], atol=1e-6) for k in convs)
+    status = json.loads((tmp_path / "runs" / "warm" / "run.json").read_text())
+    assert status["init_from"]["fresh"] == [] and status["init_from"]["checkpoint"].endswith("best.ckpt")
+    # a wider last stage: its conv and the classifier cannot be copied, keep their fresh weights, and are listed
+    result = runner.invoke(app, ["train", str(path), "--light", "--set", "name=wider", "--set", f"model.init_from={trained}",
+                                 "--set", "model.channels=[[16],[32],[96]]", "--set", "train.lr=1e-12"])
+    assert result.exit_code == 0, result.output
+    init = json.loads((tmp_path / "runs" / "wider" / "run.json").read_text())["init_from"]
+    assert init["fresh"] and init["loaded"] >= 2
+    wider = weights(tmp_path / "runs" / "wider")
+    assert torch.allclose(wider[convs[0]], source[convs[0]], atol=1e-6)  # the first conv still came across
+    assert all(wider[k].shape != source[k].shape for k in init["fresh"] if k in source)
+    # nothing to start from, or nothing that fits: one clear message each
+    mlp = tmp_path / "mlp.yaml"
+    mlp.write_text(path.read_text().replace("  name: cnn\n  channels: [[16], [32], [64]]", "  name: mlp\n  hidden: [32]"))
+    for config, value, expected in ((path, tmp_path / "nowhere", "does not exist"), (mlp, trained, "no tensor")):
+        result = runner.invoke(app, ["train", str(config), "--set", f"model.init_from={value}"])
+        assert result.exit_code == 1 and expected in result.output and "Traceback" not in result.output

@@ -107,6 +107,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = Field("cnn", description="registered model name (vislang models list)")
+    init_from: str | None = Field(None, description="start from the weights of an earlier run (its directory: best checkpoint, or a .ckpt file), e.g. the frozen-backbone run before fine-tuning; tensors whose shape differs (a new head) keep their fresh initialisation")
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

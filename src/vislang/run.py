@@ -200,8 +200,11 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
     info = spec.data_info(dm)
     has_val = dm.split_sizes.get("val", 0) > 0
     task = spec.build_task(cfg, info)
+    init = None
     if resume is None:
         spec.prepare(task, dm)
+        if cfg.model.init_from:
+            init = init_weights_from(task, cfg.model.init_from)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None and not worker:
@@ -215,11 +218,18 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
         "accelerator": accelerator, "precision": precision, "devices": cfg.train.devices, "torch": torch.__version__,
         "host": platform.node(), "cpu_threads": torch.get_num_threads(), "params": n_params,
     }
+    if init is not None:
+        status["init_from"] = init
     if not worker:
         atomic_write_json(run_dir / "run.json", status)
     if not quiet:
         print(f"{run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M parameters) on {accelerator} "
               f"({torch.get_num_threads()} threads, {precision}), {spec.summary(info)}", flush=True)
+        if init is not None:
+            fresh = init["fresh"]
+            print(f"weights from {init['checkpoint']}: {init['loaded']} tensors copied" + (
+                f"; {len(fresh)} keep their fresh initialisation: {', '.join(fresh[:6])}"
+                + (" ..." if len(fresh) > 6 else "") if fresh else ""), flush=True)
 
     trainer = L.Trainer(
         max_epochs=getattr(spec, "max_epochs", lambda c: c.train.epochs)(cfg),  # captioning: + SCST epochs
@@ -261,6 +271,33 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
     if not light:
         write_report_safely(run_dir)  # a report failure only warns: the trained run is complete
     return run_dir
+
+
+def init_weights_from(task: L.LightningModule, source: str | Path) -> dict[str, Any]:
+    """Copy an earlier run's weights (``source``: its directory, whose best or last checkpoint is used, or a
+    ``.ckpt`` file) into a new run's task. Tensors are matched by name and shape; the rest (a head for
+    other classes, a layer that changed) keep their fresh initialisation and are listed in the result."""
+    path = Path(source).expanduser()
+    ckpt = path
+    if path.is_dir():
+        ckpt = next((p for p in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt") if p.is_file()),
+                    path / "checkpoints" / "best.ckpt")
+    if not ckpt.is_file():
+        raise VislangError(f"model.init_from: {ckpt} does not exist. Give a finished run directory (runs/NAME, "
+                           "trained first) or a .ckpt file.")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+        raise VislangError(f"model.init_from: {ckpt} is not a readable vislang checkpoint ({type(err).__name__}: "
+                           f"{err}).") from None
+    own = task.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        raise VislangError(f"model.init_from: no tensor of {ckpt} fits this model (different architecture?); "
+                           "init_from needs the same model with at most a changed head.")
+    task.load_state_dict(loaded, strict=False)
+    fresh = sorted(k for k in own if k not in loaded)
+    return {"checkpoint": str(ckpt), "loaded": len(loaded), "fresh": fresh}
 
 
 def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[Any, dict[str, Any], L.LightningModule]:

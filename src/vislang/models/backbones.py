@@ -275,7 +275,7 @@ class PretrainedClassifier(ImageClassifier):
 
     def __init__(self, backbone: nn.Module, data_cfg: dict[str, Any], num_classes: int, *, pretrained: str | None,
                  pooling: str, hidden: Sequence[int], dropout: float, batch_norm: bool, activation: str,
-                 freeze: str, unfreeze_at_epoch: int | None) -> None:
+                 freeze: str, unfreeze_at_epoch: int | None, bn_stats: str = "train") -> None:
         from timm.layers import SelectAdaptivePool2d
 
         pool_type = {"avg": "avg", "max": "max", "avgmax": "catavgmax"}[pooling]
@@ -284,7 +284,7 @@ class PretrainedClassifier(ImageClassifier):
         self.backbone, self.data_cfg, self.pretrained = backbone, dict(data_cfg), pretrained
         self.pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
         self.hidden = _mlp_layers([width, *hidden], dropout, batch_norm, activation)
-        self.unfreeze_at_epoch, self.pooling = unfreeze_at_epoch, pooling
+        self.unfreeze_at_epoch, self.pooling, self.bn_stats = unfreeze_at_epoch, pooling, bn_stats
         self.freeze_spec = "none"
         self._frozen_bn: list[nn.Module] = []
         self.set_freeze(freeze)
@@ -338,7 +338,8 @@ class PretrainedClassifier(ImageClassifier):
         for name, p in self.backbone.named_parameters():
             p.requires_grad_(name not in frozen)
         self._frozen_bn = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                           and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+                           and (self.bn_stats == "frozen" or (any(True for _ in m.parameters())
+                                                              and not any(p.requires_grad for p in m.parameters())))]
         self.freeze_spec = spec
         self.train(self.training)
 
@@ -374,7 +375,7 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
                backbone: str = "tf_efficientnet_lite0", pretrained: str | None = "hub", freeze: str = "none",
                unfreeze_at_epoch: int | None = None, pooling: str = "avg", hidden: Sequence[int] = (),
                dropout: float = 0.2, batch_norm: bool = False, activation: str = "relu",
-               drop_path_rate: float = 0.0, input_size: int | None = None,
+               drop_path_rate: float = 0.0, input_size: int | None = None, bn_stats: str = "train",
                load_weights: bool = True) -> PretrainedClassifier:
     """Any timm architecture as a classifier: pretrained backbone, pooling and a new head.
 
@@ -388,12 +389,17 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     ``pooling``: avg | max | avgmax (concatenated average and max: twice the features).
     ``hidden``/``dropout``/``batch_norm``/``activation``: the head's hidden layers.
     ``drop_path_rate``: stochastic depth inside the backbone (fine-tuning regulariser).
+    ``bn_stats``: ``train`` (batch-norm layers of trainable parts normalise with batch statistics and
+    update their running ones, as usual) or ``frozen`` (every backbone batch-norm layer keeps normalising
+    with its pretrained running statistics while its scale and shift still train: Keras's advice for
+    fine-tuning, and what keeps a head trained on frozen features valid once the backbone unfreezes).
     ``input_size``: side the images are resized to, overriding the backbone's own (e.g. 160 to trade
     accuracy for speed on a CPU); null = the backbone's (224 for EfficientNet-Lite0).
     ``load_weights``: false builds the architecture only (a checkpoint will fill it).
     Inputs are preprocessed with the backbone's own input size, interpolation and mean/std.
     """
     pooling = _choice("pooling", pooling, ["avg", "max", "avgmax"])
+    bn_stats = _choice("bn_stats", bn_stats, ["train", "frozen"])
     if in_channels not in (1, 3):
         raise VislangError(f"Pretrained backbones take 1 or 3 channel images, not {in_channels}.")
     if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
@@ -405,4 +411,4 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
         cfg["input_size"] = [cfg["input_size"][0], int(input_size), int(input_size)]
     return PretrainedClassifier(net, cfg, num_classes, pretrained=pretrained, pooling=pooling, hidden=hidden,
                                 dropout=dropout, batch_norm=batch_norm, activation=activation, freeze=freeze,
-                                unfreeze_at_epoch=unfreeze_at_epoch)
+                                unfreeze_at_epoch=unfreeze_at_epoch, bn_stats=bn_stats)

@@ -85,6 +85,11 @@ def check_config(cfg: ExperimentConfig) -> None:
 
         check_backbone_name(cfg.model.kwargs().get("backbone", "tf_efficientnet_lite0"))
         weights_source(cfg.model.kwargs().get("pretrained", "hub"))  # the file / package exists
+        kw = cfg.model.kwargs()
+        if cfg.model.init_from and cfg.data.feature_cache and kw.get("freeze") == "all" and kw.get("unfreeze_at_epoch") is None:
+            raise VislangError("model.init_from with a frozen backbone and data.feature_cache: the cache holds the "
+                               "pretrained backbone's features, not those of the run you start from. Set "
+                               "data.feature_cache: false, or fine-tune (model.freeze: none).")
     t = cfg.eval.threshold
     if isinstance(t, float) and not 0.0 < t < 1.0:
         raise VislangError(f"eval.threshold={t}: a fixed threshold is a probability strictly between 0 and 1.")
