@@ -22,7 +22,7 @@ def test_defaults_are_explicit_and_round_trip(tmp_path):
     saved = yaml.safe_load(out.read_text())
     # every default is written, so the run can be re-created from this file alone
     assert saved["train"]["lr"] == cfg.train.lr and "augment" in saved["data"]
-    assert saved["model"] == {"name": "resnet", "depth": 18}
+    assert saved["model"] == {"name": "resnet", "init_from": None, "depth": 18}
     assert load_config(out) == cfg
 
 

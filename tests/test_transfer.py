@@ -71,7 +71,8 @@ def test_a_frozen_run_scores_the_same_with_or_without_the_feature_cache(tmp_path
         before = features.STATS["computed"]
         runs = [train(config(tmp_path, data={"feature_cache": cache}, train={"precision": precision}),
                       quiet=True, light=True) for cache in (True, False)]
-        assert features.STATS["computed"] > before  # each precision has its own cache entries
+        if precision == "32":  # its own cache entries (bf16 ones exist from this and earlier tests)
+            assert features.STATS["computed"] > before
         history = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
         for cached, plain in zip(*history, strict=True):  # same head, same batches, same features
             assert float(cached["train/loss"]) == pytest.approx(float(plain["train/loss"]), abs=2e-3)
