@@ -69,10 +69,9 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_precision(cfg: ExperimentConfig, accelerator: str) -> str:
-    """The Lightning precision for 'auto': mixed bf16/fp16 on CUDA, bf16 on capable CPUs, else fp32."""
-    if cfg.train.precision != "auto":
-        return cfg.train.precision
+def auto_precision(accelerator: str) -> str:
+    """The Lightning precision 'auto' means on a device type: mixed bf16/fp16 on CUDA, bf16 on capable
+    CPUs, else fp32. Training, evaluation and the frozen-feature passes all resolve 'auto' here."""
     if accelerator == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if accelerator == "cpu" and cpu_has_native_bf16():
@@ -80,14 +79,19 @@ def resolve_precision(cfg: ExperimentConfig, accelerator: str) -> str:
     return "32-true"
 
 
+def resolve_precision(cfg: ExperimentConfig, accelerator: str) -> str:
+    """The Lightning precision of a run: ``train.precision``, with 'auto' resolved by :func:`auto_precision`."""
+    return auto_precision(accelerator) if cfg.train.precision == "auto" else cfg.train.precision
+
+
 def inference_autocast(cfg: Any, device: torch.device) -> Any:
     """The autocast context of the run's training precision on ``device``, for evaluation and predict: a
     model is scored in the precision it was trained and validated in (as Lightning's own loops do), so a
     run's final metrics agree with its last validation and a frozen run scores the same with or without
     the feature cache (whose features are computed in that precision)."""
-    precision = resolve_precision(cfg, device.type) if cfg is not None else "32-true"
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    from vislang.data.features import autocast_context
+
+    return autocast_context(resolve_precision(cfg, device.type) if cfg is not None else "32", device)
 
 
 def resolve_accelerator(cfg: ExperimentConfig) -> str:

@@ -88,24 +88,21 @@ def _index(folder: Path) -> tuple[list[Path], dict[bytes, tuple[int, int]]]:
 
 
 def autocast_precision(precision: str, device: torch.device) -> str:
-    """``bf16``, ``16`` or ``32``: the autocast a feature pass runs under. Takes vislang's short names or
-    Lightning's (``bf16-mixed``, ``32-true`` ...); ``auto`` = bf16 on CUDA that supports it and on CPUs with
-    native bf16, fp16 on other CUDA devices, else fp32 (as :func:`vislang.run.resolve_precision`)."""
+    """``bf16``, ``16`` or ``32``: the autocast a pass runs under. Takes vislang's short names or Lightning's
+    (``bf16-mixed``, ``32-true`` ...); ``auto`` is resolved for ``device`` by :func:`vislang.run.auto_precision`."""
     if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "16"
-        if device.type == "cpu":
-            from vislang.run import cpu_has_native_bf16
+        from vislang.run import auto_precision
 
-            return "bf16" if cpu_has_native_bf16() else "32"
-        return "32"
+        precision = auto_precision(device.type)
     short = str(precision).split("-")[0]
     if short not in ("bf16", "16", "32"):
         raise ValueError(f"unknown precision {precision!r}")
     return short
 
 
-def _autocast(precision: str, device: torch.device) -> Any:
+def autocast_context(precision: str, device: torch.device) -> Any:
+    """``torch.autocast`` for ``precision`` (any name :func:`autocast_precision` takes) on ``device``;
+    disabled for fp32."""
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(autocast_precision(precision, device))
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -119,7 +116,7 @@ def _compute(images: Any, positions: np.ndarray, hashes: np.ndarray, extract: Ca
         outs: dict[str, np.ndarray] = {}
         n = len(positions)
         t0 = time.perf_counter()
-        with torch.inference_mode(), _autocast(precision, device):
+        with torch.inference_mode(), autocast_context(precision, device):
             for start in range(0, n, batch_size):
                 idx = positions[start:start + batch_size]
                 batch = images[torch.as_tensor(idx) if isinstance(images, Tensor) else idx]

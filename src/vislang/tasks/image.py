@@ -83,9 +83,9 @@ def check_config(cfg: ExperimentConfig) -> None:
     if is_pretrained(cfg):
         from vislang.models.backbones import check_backbone_name, weights_source
 
-        check_backbone_name(cfg.model.kwargs().get("backbone", "tf_efficientnet_lite0"))
-        weights_source(cfg.model.kwargs().get("pretrained", "hub"))  # the file / package exists
         kw = cfg.model.kwargs()
+        check_backbone_name(kw.get("backbone", "tf_efficientnet_lite0"))
+        weights_source(kw.get("pretrained", "hub"))  # the file / package exists
         if cfg.model.init_from and cfg.data.feature_cache and kw.get("freeze") == "all" and kw.get("unfreeze_at_epoch") is None:
             raise VislangError("model.init_from with a frozen backbone and data.feature_cache: the cache holds the "
                                "pretrained backbone's features, not those of the run you start from. Set "
