@@ -116,6 +116,27 @@ def test_evaluate_and_predict(trained, tmp_path):
     assert result.exit_code == 1 and "corrupt.jpg" in result.output
 
 
+def test_a_split_is_scored_on_the_device_the_run_trains_on(trained, monkeypatch):
+    """On a GPU machine evaluation runs on the GPU (it used to score every split on the CPU: minutes for
+    CIFAR-10 at 224 px). No GPU here, so "meta" stands in for the device ``train.accelerator`` resolves to."""
+    import vislang.evaluate as evaluate
+    import vislang.run as run_mod
+
+    monkeypatch.setattr(run_mod, "resolve_accelerator", lambda cfg: "meta")
+    assert next(run_mod.load_run(trained, device=None)[2].parameters()).device.type == "meta"
+    assert next(run_mod.load_run(trained)[2].parameters()).device.type == "cpu"  # predict/explain: the CPU
+
+    class Scored(Exception):
+        pass
+
+    def spy(task, loader):
+        raise Scored(next(task.parameters()).device.type)
+
+    monkeypatch.setattr(evaluate, "predict_split", spy)
+    with pytest.raises(Scored, match="meta"):
+        evaluate.evaluate_run(trained, ["val"], light=True)
+
+
 def test_resume_after_sigkill_mid_epoch(tmp_path):
     config = write_config(tmp_path, epochs=4)
     proc = subprocess.Popen([sys.executable, "-m", "vislang", "train", str(config)],

@@ -58,7 +58,7 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     from vislang.tasks import task_spec
 
     run_dir = Path(run_dir)
-    cfg, info, task = load_run(run_dir, checkpoint)
+    cfg, info, task = load_run(run_dir, checkpoint, device=None)  # score on the GPU where there is one
     splits = splits or [cfg.eval.split]
     if dm is None:
         dm = task_spec(cfg.task).make_datamodule(cfg)

@@ -304,8 +304,10 @@ def init_weights_from(task: L.LightningModule, source: str | Path) -> dict[str, 
     return {"checkpoint": str(ckpt), "loaded": len(loaded), "fresh": fresh}
 
 
-def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[Any, dict[str, Any], L.LightningModule]:
-    """Config, data facts and the trained task (in eval mode, on the CPU) of a run directory."""
+def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = "cpu") -> tuple[Any, dict[str, Any], L.LightningModule]:
+    """Config, data facts and the trained task (in eval mode) of a run directory, on ``device``: the CPU by
+    default, or with ``None`` the device the run's config trains on (``train.accelerator``; ``auto`` = CUDA,
+    then MPS, then the CPU), so that scoring a split on a GPU machine does not fall back to the CPU."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VislangError(f"Run directory {run_dir} does not exist.")
@@ -322,4 +324,6 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[Any, dict[str, An
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     task.load_state_dict(state["state_dict"])
     task.eval()
-    return cfg, info, task
+    if device is None:
+        device = resolve_accelerator(cfg)
+    return cfg, info, task.to(device)
