@@ -121,3 +121,29 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(VislangError, match=r"train\.scst\.samples to 2 or more"):
         load_config(_config(tmp_path, **{"train.scst": {"epochs": 1, "samples": 1}}))
     assert load_config(_config(tmp_path, **{"train.scst": {"epochs": 1, "samples": 1, "baseline": "greedy"}}))
+
+
+def test_encoder_features_follow_the_runs_precision(tmp_path):
+    """The frozen encoder's cached grid is computed in the run's own precision, which keys the cache: a
+    ``train.precision: 32`` run gets fp32 features, not the bf16 ones an earlier default run cached."""
+    import torch
+
+    from vislang.data.caption_datamodule import CaptionDataModule
+    from vislang.data.features import STATS
+
+    grids = {}
+    for precision in ("bf16-mixed", "32"):
+        cfg = load_config(_config(tmp_path, **{"train.precision": precision, "data.subset": {"test": 6}}))
+        dm = CaptionDataModule(cfg, cfg.seed, progress=False)
+        dm.setup("fit")
+        grids[precision] = dm.inputs["test"][1].float()
+    assert grids["32"].shape == grids["bf16-mixed"].shape
+    # bf16 keeps 8 bits of mantissa: its features differ from fp32 ones well beyond the fp16 storage
+    diff = (grids["32"] - grids["bf16-mixed"]).abs().max().item()
+    assert diff > 1e-2, diff
+    # ... yet they are the same features: each grid position's vector points the same way
+    cosine = torch.nn.functional.cosine_similarity(grids["32"], grids["bf16-mixed"], dim=-1)
+    assert cosine.mean() > 0.98, cosine.mean()
+    before = dict(STATS)
+    CaptionDataModule(cfg, cfg.seed, progress=False).setup("fit")  # fp32 again: every image from the cache
+    assert STATS["computed"] == before["computed"] and STATS["reused"] > before["reused"]

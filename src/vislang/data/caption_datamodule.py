@@ -202,21 +202,26 @@ class CaptionDataModule(L.LightningDataModule):
         return images, keep
 
     def _features(self, encoder: GridEncoder, images: np.ndarray, name: str, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from vislang.data.features import cached_features
-        from vislang.run import resolve_accelerator
+        from vislang.data.features import autocast_precision, cached_features
+        from vislang.run import resolve_accelerator, resolve_precision
 
         m = self.cfg.model
         device = resolve_accelerator(self.cfg)
+        # the pass runs in the run's own precision, which keys the cache (as for frozen image backbones):
+        # a train.precision=32 run must not train on bf16 features
+        precision = autocast_precision(resolve_precision(self.cfg, device), torch.device(device))
         key = {"task": "caption", "backbone": m.encoder, "weights": self.encoder_config["weights"],
                "input_size": self.encoder_config["input_size"], "mean": self.encoder_config["mean"],
-               "std": self.encoder_config["std"], "outputs": "grid", "view": "hflip" if flip else "identity"}
+               "std": self.encoder_config["std"], "outputs": "grid", "view": "hflip" if flip else "identity",
+               "precision": precision}
         encoder.eval().to(device)
 
         def extract(batch: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"grid": encoder(batch.flip(-1) if flip else batch)}
 
         out = cached_features(key, images, extract, batch_size=64, desc=f"{m.encoder} features {name}"
-                              + (" (flipped)" if flip else ""), progress=self.progress, device=device)
+                              + (" (flipped)" if flip else ""), progress=self.progress, device=device,
+                              precision=precision)
         with warnings.catch_warnings():  # a read-only memmap of the cache, only ever read: no copy needed
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             grid = torch.from_numpy(np.ascontiguousarray(out["grid"]))
