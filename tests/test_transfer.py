@@ -56,6 +56,14 @@ def test_frozen_backbone_trains_on_cached_features_and_reuses_them(tmp_path):
     train(config(tmp_path, data={"augment": {"flip": True}, "feature_views": 2}, eval={"tta_flip": True},
                  model={"drop_path_rate": 0.2}), quiet=True)
     assert features.STATS["computed"] - before["computed"] == computed
+    # another resize interpolation is another preprocessing: fresh features, and data.json says which
+    run4 = train(config(tmp_path, data={"augment": {"flip": True}, "feature_views": 2}, eval={"tta_flip": True},
+                        model={"interpolation": "bilinear"}), quiet=True, light=True)
+    assert features.STATS["computed"] - before["computed"] == 2 * computed
+    assert json.loads((run4 / "data.json").read_text())["preprocess"]["interpolation"] == "bilinear"
+    assert info["preprocess"]["interpolation"] == "bicubic"  # the backbone's own, by default
+    with pytest.raises(VislangError, match="interpolation 'cubic'.*bicubic"):
+        train(config(tmp_path, model={"interpolation": "cubic"}), quiet=True)
 
     # the checkpoint is the whole model: scoring raw images through the backbone agrees with the cache
     m3 = evaluate_run(run2, ["test"])

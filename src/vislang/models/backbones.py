@@ -254,6 +254,18 @@ class Preprocess(nn.Module):
         return f"size={self.size}, interpolation={self.interpolation}, crop_pct={self.crop_pct}"
 
 
+def override_preprocessing(data_cfg: dict[str, Any], input_size: int | None = None,
+                           interpolation: str | None = None) -> dict[str, Any]:
+    """A backbone's data config with the user's ``model.input_size`` / ``model.interpolation`` (None keeps the
+    backbone's own); the model and the data module both take their preprocessing from here."""
+    out = dict(data_cfg)
+    if input_size is not None:
+        out["input_size"] = [out["input_size"][0], int(input_size), int(input_size)]
+    if interpolation is not None:
+        out["interpolation"] = _choice("interpolation", interpolation, ["bilinear", "bicubic", "nearest"])
+    return out
+
+
 def image_preprocessing(data_cfg: dict[str, Any], crop: bool = False) -> Preprocess:
     """The :class:`Preprocess` module for a backbone's data config (as returned by :func:`load_backbone`):
     its input size, mean/std and interpolation; ``crop`` applies its evaluation centre crop (photos)."""
@@ -375,8 +387,8 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
                backbone: str = "tf_efficientnet_lite0", pretrained: str | None = "hub", freeze: str = "none",
                unfreeze_at_epoch: int | None = None, pooling: str = "avg", hidden: Sequence[int] = (),
                dropout: float = 0.2, batch_norm: bool = False, activation: str = "relu",
-               drop_path_rate: float = 0.0, input_size: int | None = None, bn_stats: str = "train",
-               load_weights: bool = True) -> PretrainedClassifier:
+               drop_path_rate: float = 0.0, input_size: int | None = None, interpolation: str | None = None,
+               bn_stats: str = "train", load_weights: bool = True) -> PretrainedClassifier:
     """Any timm architecture as a classifier: pretrained backbone, pooling and a new head.
 
     ``backbone``: a ``timm.list_models()`` name (tf_efficientnet_lite0, resnet50, vgg16_bn,
@@ -395,6 +407,9 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     fine-tuning, and what keeps a head trained on frozen features valid once the backbone unfreezes).
     ``input_size``: side the images are resized to, overriding the backbone's own (e.g. 160 to trade
     accuracy for speed on a CPU); null = the backbone's (224 for EfficientNet-Lite0).
+    ``interpolation``: ``bilinear``, ``bicubic`` or ``nearest`` resizing to that size, overriding the
+    backbone's own (bicubic for EfficientNet-Lite0); null = the backbone's. Upscaling small images a lot
+    (CIFAR's 32 px to 224) is where it matters: see configs/cifar10_effnet_lite0_frozen.yaml.
     ``load_weights``: false builds the architecture only (a checkpoint will fill it).
     Inputs are preprocessed with the backbone's own input size, interpolation and mean/std.
     """
@@ -407,8 +422,7 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     timm_kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     net, cfg = load_backbone(backbone, pretrained if load_weights else None, **timm_kwargs)
     cfg["timm_kwargs"] = timm_kwargs
-    if input_size is not None:
-        cfg["input_size"] = [cfg["input_size"][0], int(input_size), int(input_size)]
+    cfg = override_preprocessing(cfg, input_size, interpolation)
     return PretrainedClassifier(net, cfg, num_classes, pretrained=pretrained, pooling=pooling, hidden=hidden,
                                 dropout=dropout, batch_norm=batch_norm, activation=activation, freeze=freeze,
                                 unfreeze_at_epoch=unfreeze_at_epoch, bn_stats=bn_stats)

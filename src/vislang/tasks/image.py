@@ -55,10 +55,10 @@ def backbone_preprocess(cfg: ExperimentConfig) -> dict[str, Any] | None:
     if not is_pretrained(cfg):
         return None
     kwargs = cfg.model.kwargs()
-    pre = dict(_backbone_data_config(kwargs.get("backbone", "tf_efficientnet_lite0")))
-    if kwargs.get("input_size"):
-        pre["input_size"] = [pre["input_size"][0], int(kwargs["input_size"]), int(kwargs["input_size"])]
-    return pre
+    from vislang.models.backbones import override_preprocessing
+
+    return override_preprocessing(_backbone_data_config(kwargs.get("backbone", "tf_efficientnet_lite0")),
+                                  kwargs.get("input_size"), kwargs.get("interpolation"))
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int, int, int],
