@@ -202,18 +202,14 @@ class CaptionDataModule(L.LightningDataModule):
         return images, keep
 
     def _features(self, encoder: GridEncoder, images: np.ndarray, name: str, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from vislang.data.features import autocast_precision, cached_features
+        from vislang.data.features import cached_features
         from vislang.run import resolve_accelerator, resolve_precision
 
         m = self.cfg.model
         device = resolve_accelerator(self.cfg)
-        # the pass runs in the run's own precision, which keys the cache (as for frozen image backbones):
-        # a train.precision=32 run must not train on bf16 features
-        precision = autocast_precision(resolve_precision(self.cfg, device), torch.device(device))
         key = {"task": "caption", "backbone": m.encoder, "weights": self.encoder_config["weights"],
                "input_size": self.encoder_config["input_size"], "mean": self.encoder_config["mean"],
-               "std": self.encoder_config["std"], "outputs": "grid", "view": "hflip" if flip else "identity",
-               "precision": precision}
+               "std": self.encoder_config["std"], "outputs": "grid", "view": "hflip" if flip else "identity"}
         encoder.eval().to(device)
 
         def extract(batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -221,7 +217,7 @@ class CaptionDataModule(L.LightningDataModule):
 
         out = cached_features(key, images, extract, batch_size=64, desc=f"{m.encoder} features {name}"
                               + (" (flipped)" if flip else ""), progress=self.progress, device=device,
-                              precision=precision)
+                              precision=resolve_precision(self.cfg, device))  # the run's own: a fp32 run gets fp32 grids
         with warnings.catch_warnings():  # a read-only memmap of the cache, only ever read: no copy needed
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             grid = torch.from_numpy(np.ascontiguousarray(out["grid"]))

@@ -163,7 +163,9 @@ def cached_features(
     ``len`` and integer-array indexing). ``extract``: maps a batch (a tensor on ``device``, same
     dtype as ``images``) to a dict of named tensors whose first dimension is the batch, e.g.
     ``{"pooled": [B, D], "grid": [B, D, h, w]}``; it runs under ``torch.inference_mode`` and
-    autocast (``precision``: ``auto`` = bf16 on CPUs with native bf16 and on CUDA, ``32``, ``bf16``, ``16``).
+    autocast (``precision``: ``auto`` = bf16 on CPUs with native bf16 and on CUDA, ``32``, ``bf16``, ``16``, or
+    Lightning's names); the resolved precision is part of the key, so passes in different precisions never
+    share an entry (a fp32 run does not get bf16 features).
     ``dtype``: storage dtype (float16 halves the disk and RAM of float32 and is plenty for features).
     ``desc`` labels the progress bar; ``name`` prefixes the cache folder (keep it free of split names:
     entries are shared by every split, fold and run that uses the same key).
@@ -173,6 +175,8 @@ def cached_features(
     computing; ``STATS`` counts computed and reused images.
     """
     device = torch.device(device)
+    precision = autocast_precision(precision, device)
+    key = {**key, "precision": precision}
     folder = cache_folder(key, name)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "key.json").is_file():

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from vislang.config import AugmentConfig, DataConfig
 from vislang.data.augment import BatchTransform
 from vislang.data.datamodule import BatchIndexSampler, ImageDataModule, _rng, stratified_sample
-from vislang.data.features import autocast_precision, cached_features
+from vislang.data.features import cached_features
 from vislang.data.sampling import BalancedBatchSampler
 from vislang.errors import VislangError
 from vislang.models.backbones import Preprocess, image_preprocessing
@@ -175,10 +175,9 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
                    batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "auto") -> Tensor:
     """Pooled features ``[N, V, D]`` (float16) of the backbone for each view, as ``model.forward_features``
     gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache. ``precision``
-    (the run's training precision) sets the autocast of the pass and keys the cache: a bf16 run and an
-    fp32 run never share features."""
+    (the run's training precision) sets the autocast of the pass and, in :func:`cached_features`, keys the
+    cache: a bf16 run and an fp32 run never share features."""
     device = torch.device(device)
-    precision = autocast_precision(precision, device)
     pre = image_preprocessing(preprocess).to(device)
     geometry = BatchTransform(aug, [0.0] * images.shape[1], [1.0] * images.shape[1]).to(device)
     was_training = model.training
@@ -188,7 +187,7 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
     # the cache (a frozen run with another drop_path_rate reuses the same features)
     build = {k: v for k, v in preprocess.get("timm_kwargs", {}).items() if k not in TRAIN_ONLY_TIMM_KWARGS}
     base = {"kind": "avg+max pooled", "backbone": preprocess["backbone"], "weights": preprocess.get("weights"),
-            "timm_kwargs": build, "precision": precision,
+            "timm_kwargs": build,
             "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
     out = []
     try:
