@@ -81,6 +81,37 @@ def test_translate_uses_reflect_padding() -> None:
         assert any(torch.equal(win, img) for win in _windows(src, 12, 10))
 
 
+def test_crop_size_trains_on_smaller_windows_and_evaluates_whole_images() -> None:
+    x = _batch(48)
+    t = BatchTransform(AugmentConfig(translate=1, crop_size=8, flip=True), MEAN, STD)
+    out = t(x, train=True)
+    assert out.shape == (48, 3, 8, 8)
+    padded = F.pad(x.float(), (1, 1, 1, 1), mode="reflect")
+    offsets = set()
+    for img, src in zip(out, padded, strict=True):
+        matches = [k for k, win in enumerate(_windows(src, 8, 8) + _windows(src.flip(2), 8, 8))
+                   if torch.equal(win, img)]
+        assert matches  # a window of the padded image or of its mirror
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # offsets anywhere in the padded image, not only within the translate range
+    assert t(x, train=False).shape == x.shape  # evaluation sees whole images
+    alone = BatchTransform(AugmentConfig(crop_size=6), MEAN, STD)(x, train=True)  # no padding, no flip
+    assert alone.shape == (48, 3, 6, 6)
+    assert all(any(torch.equal(win, img) for win in _windows(src, 6, 6)) for img, src in zip(alone, x.float()))
+    staged = BatchTransform(AugmentConfig(crop_size=6, crop_epochs=2), MEAN, STD)
+    sizes = []
+    for epoch in range(4):
+        staged.set_epoch(epoch)
+        sizes.append(tuple(staged(x, train=True).shape[-2:]))
+    assert sizes == [(6, 6), (6, 6), (12, 10), (12, 10)]  # crop_epochs: crops first, then whole images
+    try:
+        BatchTransform(AugmentConfig(crop_size=11), MEAN, STD)(x, train=True)  # images are 12x10
+    except ValueError as e:
+        assert "crop_size=11" in str(e) and "12x10" in str(e)
+    else:
+        raise AssertionError("a crop larger than the image was not refused")
+
+
 def test_cutout_zeroes_one_square() -> None:
     x = torch.full((16, 3, 12, 12), 200, dtype=torch.uint8)
     out = BatchTransform(AugmentConfig(cutout=4), MEAN, STD)(x, train=True)

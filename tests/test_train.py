@@ -165,6 +165,8 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
         (["--set", "model.widht=3"], "no option 'widht'"),
         (["--set", "data.dataset=image_folder", "--set", "data.path=/no/such/folder"], "/no/such/folder"),
         (["--set", "data.dataset=cifar100"], "Unknown dataset 'cifar100'"),
+        (["--set", "model.global_pool=false", "--set", "data.augment.crop_size=24"],  # a flattening head
+         "model 'cnn' cannot train on data.augment.crop_size=24 windows"),
     ],
 )
 def test_cli_errors_are_one_clear_message(tmp_path, extra, expected):
@@ -172,6 +174,27 @@ def test_cli_errors_are_one_clear_message(tmp_path, extra, expected):
     assert result.returncode != 0
     assert expected in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "runs" / "small" / "checkpoints").exists()
+
+
+def test_progressive_crops_train_small_then_whole_and_evaluate_whole(tmp_path, monkeypatch):
+    from vislang.data.augment import BatchTransform
+
+    seen: list[tuple[int, tuple[int, int]]] = []
+    geometric = BatchTransform.geometric
+
+    def spy(self, x):
+        out = geometric(self, x)
+        seen.append((self.epoch, tuple(out.shape[-2:])))
+        return out
+
+    monkeypatch.setattr(BatchTransform, "geometric", spy)
+    result = runner.invoke(app, ["train", str(write_config(tmp_path)), "--light", "--set", "data.augment.crop_size=24",
+                                 "--set", "data.augment.crop_epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert {size for epoch, size in seen if epoch == 0} == {(24, 24)}  # crops for the first crop_epochs ...
+    assert {size for epoch, size in seen if epoch == 1} == {(32, 32)}  # ... then whole images
+    metrics = json.loads((tmp_path / "runs" / "small" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 200 and metrics["test"]["accuracy"] > 0.2  # scored on whole 32x32 images
 
 
 def test_resume_without_checkpoint_is_explained(tmp_path):

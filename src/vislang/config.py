@@ -32,6 +32,8 @@ class AugmentConfig(Section):
     flip: bool = Field(False, description="random horizontal flip with probability 0.5")
     flip_mode: Literal["random", "alternate"] = Field("random", description="flip: random = each image is mirrored with probability 0.5 in every epoch; alternate = each image gets a fixed random side in even epochs and the other side in odd ones, so every two epochs show it both ways (airbench's alternating flip)")
     cutout: int = Field(0, ge=0, description="side in pixels of one random square set to zero; 0 = off")
+    crop_size: int = Field(0, ge=0, description="train on a random crop_size x crop_size window of each image (after crop_padding / translate); evaluation sees whole images. A cheaper epoch for nets that pool globally (fastnet, resnet, cnn or vgg with global_pool); 0 = off")
+    crop_epochs: int | None = Field(None, ge=1, description="crop_size applies to the first crop_epochs epochs only, then training sees whole images, the size evaluation sees (progressive resizing); null = every epoch")
     rotate: float = Field(0.0, ge=0.0, le=180.0, description="random rotation by up to this many degrees either way (reflect padding); 0 = off")
     scale: float = Field(0.0, ge=0.0, lt=1.0, description="random zoom by a factor in [1 - scale, 1 + scale]; 0 = off")
     brightness: float = Field(0.0, ge=0.0, le=1.0, description="random brightness shift by up to this fraction of the pixel range; 0 = off")
@@ -46,7 +48,8 @@ class AugmentConfig(Section):
     def random_views(self) -> bool:
         """Whether the ops that a cached feature view can hold draw anything at random (flip is a view of
         its own; cutout is not applied to cached views)."""
-        return bool(self.crop_padding or self.translate or self.rotate or self.scale or self.brightness or self.contrast)
+        return bool(self.crop_padding or self.translate or self.crop_size or self.rotate or self.scale
+                    or self.brightness or self.contrast)
 
 
 def check_folds(cv_folds: int | None, cv_fold: int | None) -> None:

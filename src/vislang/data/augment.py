@@ -18,27 +18,33 @@ from torch import nn
 from vislang.config import AugmentConfig
 
 
-def random_window(x: torch.Tensor, pad: int, mode: str = "constant", flip: bool = False) -> torch.Tensor:
-    """Pad [B,C,H,W] by ``pad`` (zeros or ``"reflect"``) and cut an HxW window at a random offset per image.
+def random_window(x: torch.Tensor, pad: int, mode: str = "constant", flip: bool = False,
+                  size: int | None = None) -> torch.Tensor:
+    """Pad [B,C,H,W] by ``pad`` (zeros or ``"reflect"``) and cut a window at a random offset per image:
+    HxW, or ``size`` x ``size`` (a random crop smaller than the image).
 
     With ``flip`` each image is also mirrored left-right with probability 0.5, in the same call:
     its window is then cut from a mirrored copy of the padded batch.
     """
-    b, c, h, w = x.shape
-    if mode == "reflect" and pad >= min(h, w):
-        raise ValueError(f"translate={pad} must be smaller than the image ({h}x{w})")
+    b, c, h0, w0 = x.shape
+    if mode == "reflect" and pad >= min(h0, w0):
+        raise ValueError(f"translate={pad} must be smaller than the image ({h0}x{w0})")
+    h, w = (size, size) if size else (h0, w0)
+    if h > h0 or w > w0:
+        raise ValueError(f"data.augment.crop_size={size} is larger than the images ({h0}x{w0}): set it to at most "
+                         f"{min(h0, w0)}, or 0 to train on whole images")
     padded = F.pad(x, (pad, pad, pad, pad), mode=mode) if pad else x.contiguous()
     if flip:
         padded = torch.cat([padded, padded.flip(3)])  # [2B,...]; the mirror of a pad is the pad of a mirror
-    hp, wp = h + 2 * pad, w + 2 * pad
+    hp, wp = h0 + 2 * pad, w0 + 2 * pad
     # A window of image k at offset (dy, dx) is the strided block (C,H,W) with strides (hp*wp, wp, 1)
     # starting at flat element k*c*hp*wp + dy*wp + dx. View every possible start as a row of that
     # overlapping view (no copy); index_select then copies just the B chosen blocks.
     flat = padded.reshape(-1)
     starts = flat.numel() - ((c - 1) * hp * wp + (h - 1) * wp + w - 1)
     blocks = flat.as_strided((starts, c, h, w), (1, hp * wp, wp, 1))
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    dy = torch.randint(0, hp - h + 1, (b,), device=x.device)
+    dx = torch.randint(0, wp - w + 1, (b,), device=x.device)
     image = torch.arange(b, device=x.device)
     if flip:
         image = image + b * (torch.rand(b, device=x.device) < 0.5).long()
@@ -78,8 +84,9 @@ class BatchTransform(nn.Module):
     ``mean``/``std`` are per channel on the 0..255 scale (use 0 and 255 to only scale to 0..1).
     In train mode it applies, per image: random rotation (``rotate`` degrees) and zoom (``scale``),
     brightness and contrast jitter, random crop after ``crop_padding`` zero padding, random
-    translation by up to ``translate`` pixels (reflect padding), horizontal flip, and a
-    ``cutout`` square set to 0 after normalisation (i.e. to the dataset mean).
+    translation by up to ``translate`` pixels (reflect padding), horizontal flip, a random
+    ``crop_size`` window (training only: evaluation sees whole images), and a ``cutout`` square
+    set to 0 after normalisation (i.e. to the dataset mean).
     """
 
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -90,6 +97,18 @@ class BatchTransform(nn.Module):
         # normalised = x * scale + shift, with scale = 1/std and shift = -mean/std
         self.register_buffer("scale", 1.0 / std_t, persistent=False)
         self.register_buffer("shift", -mean_t / std_t, persistent=False)
+        self.epoch = 0  # the training epoch (set_epoch), for crop_epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def crop_size(self) -> int | None:
+        """The training crop of this epoch (``crop_size`` during the first ``crop_epochs``), or None."""
+        aug = self.aug
+        if aug.crop_epochs is not None and self.epoch >= aug.crop_epochs:
+            return None
+        return aug.crop_size or None
 
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         if x.dim() == 3:
@@ -116,10 +135,12 @@ class BatchTransform(nn.Module):
                 out = random_photometric(out, aug.brightness, aug.contrast)
             x = out.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
         flip = aug.flip and not aug.alternating_flip
+        size = self.crop_size  # the last window cut also takes the smaller crop
         if aug.crop_padding:
-            x = random_window(x, aug.crop_padding, "constant", flip=flip and not aug.translate)
-        if aug.translate or (flip and not aug.crop_padding):
-            x = random_window(x, aug.translate, "reflect", flip=flip)
+            last = not aug.translate
+            x = random_window(x, aug.crop_padding, "constant", flip=flip and last, size=size if last else None)
+        if aug.translate or (not aug.crop_padding and (flip or size)):
+            x = random_window(x, aug.translate, "reflect", flip=flip, size=size)
         return x
 
     @staticmethod

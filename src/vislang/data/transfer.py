@@ -50,6 +50,9 @@ class TransferTransform(nn.Module):
         self.geometry = BatchTransform(aug, [0.0] * channels, [1.0] * channels)  # crop/translate/flip only
         self.preprocess: Preprocess = image_preprocessing(preprocess)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.geometry.set_epoch(epoch)  # crop_epochs
+
     def forward(self, x: Tensor, train: bool = False) -> Tensor:
         if is_feature_batch(x):
             return x

@@ -110,9 +110,11 @@ class ClassificationTask(L.LightningModule):
     # ------------------------------------------------------------------------------- training
     def on_train_epoch_start(self) -> None:
         # a model with a per-epoch schedule of its own (gradual unfreezing of a backbone) follows the epoch
-        set_epoch = getattr(self.model, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(self.current_epoch)
+        # and so does a batch transform whose training crop changes with the epoch (crop_epochs)
+        for module in (self.model, self.transform):
+            set_epoch = getattr(module, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self.current_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -144,8 +144,35 @@ def build_task(cfg: ExperimentConfig, info: dict[str, Any]) -> ClassificationTas
         transform: torch.nn.Module = TransferTransform(cfg.data.augment, info["preprocess"], channels=shape[0])
     else:
         transform = BatchTransform(cfg.data.augment, info["mean"], info["std"])
+        if cfg.data.augment.crop_size:
+            check_crop_size(model, cfg, shape)
     weights = class_weights_tensor(cfg.train.class_weights, list(info["classes"]), info["class_counts"]["train"])
     return ImageClassificationTask(model, cfg, len(info["classes"]), transform=transform, class_weights=weights)
+
+
+def check_crop_size(model: torch.nn.Module, cfg: ExperimentConfig, shape: tuple[int, ...]) -> None:
+    """data.augment.crop_size trains on windows smaller than the images that evaluation shows: only a model
+    that pools globally takes both. Try one tiny batch of each now, for a clear error instead of a shape
+    mismatch inside the first training step."""
+    from vislang.errors import VislangError
+
+    size = cfg.data.augment.crop_size
+    if size > min(shape[1:]):
+        raise VislangError(f"data.augment.crop_size={size} is larger than the images ({shape[1]}x{shape[2]}): "
+                           f"set it to at most {min(shape[1:])}, or 0 to train on whole images.")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, shape[0], size, size))
+    except RuntimeError as e:
+        raise VislangError(
+            f"model {cfg.model.name!r} cannot train on data.augment.crop_size={size} windows of "
+            f"{shape[1]}x{shape[2]} images: it needs whole images ({str(e).splitlines()[0]}). Use a model that "
+            "pools globally (fastnet, resnet, cnn or vgg with model.global_pool: true) or set "
+            "data.augment.crop_size to 0.") from None
+    finally:
+        model.train(was_training)
 
 
 def prepare(task: ClassificationTask, dm: Any) -> None:
