@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from vislang.errors import VislangError  # noqa: E402
 from vislang.io import atomic_save  # noqa: E402
+from vislang.report.plots import epoch_axis  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -80,7 +81,7 @@ def caption_curves(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), style, ms=3, label=key)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel("loss (SCST epochs: policy loss)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -90,7 +91,7 @@ def caption_curves(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), style, ms=3, label=key)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel("score (greedy captions of the val split)")
     ax.grid(alpha=0.3)
     ax.legend()

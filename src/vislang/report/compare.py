@@ -187,6 +187,8 @@ def curves_plot(runs: list[RunSummary], metric: str, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vislang.report.plots import epoch_axis
+
     cols = {k for r in runs for row in r.history for k in row if k.startswith("val/")}
     if not cols:
         return None
@@ -200,7 +202,7 @@ def curves_plot(runs: list[RunSummary], metric: str, path: Path) -> Path | None:
             pts = [(int(row["epoch"]) + 1, row[col]) for row in r.history if row.get(col) is not None]
             if pts:
                 ax.plot(*zip(*pts), "-o", ms=3, lw=1.4, label=r.name)
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.set_ylabel(col)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc, precision_recall_curve, roc_curve  # noqa: E402
 
 from vislang.io import atomic_save  # noqa: E402
@@ -19,6 +20,12 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     atomic_save(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+def epoch_axis(ax: plt.Axes) -> None:
+    """Label the x axis "epoch", with whole-number ticks only (no 2.5 on a 20-epoch run)."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def learning_curves(history: list[dict[str, float]], out_dir: Path) -> list[Path]:
@@ -34,7 +41,7 @@ def learning_curves(history: list[dict[str, float]], out_dir: Path) -> list[Path
             pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) not in (None, "")]
             if pts:
                 ax.plot(*zip(*pts), style, ms=3, label=split)
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
         ax.grid(alpha=0.3)
         ax.legend()
