@@ -219,10 +219,11 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
 def test_a_run_starts_from_an_earlier_runs_weights(trained, tmp_path):
     import torch
 
-    def weights(run: Path) -> dict:
-        return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    def weights(run: Path, checkpoint: str = "last") -> dict:
+        return torch.load(run / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu",
+                          weights_only=False)["state_dict"]
 
-    source = weights(trained)
+    source = weights(trained, "best")  # what init_from=<run dir> starts from (best need not be the last epoch)
     # a learning rate of ~0 leaves what was copied in place: every tensor equals the earlier run's
     path = write_config(tmp_path, epochs=1)
     result = runner.invoke(app, ["train", str(path), "--light", "--set", "name=warm", "--set", f"model.init_from={trained}",
