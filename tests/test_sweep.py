@@ -95,6 +95,27 @@ def test_pruning_callback_stops_a_bad_trial():
     assert study.trials[1].intermediate_values == pytest.approx({1: 0.1, 3: 0.1})  # step = epochs done
 
 
+def test_trial_curves_name_the_metric_the_epoch_and_each_trials_parameters():
+    import warnings
+
+    import optuna.visualization.matplotlib as ovm
+
+    from vislang.tune.sweep_report import label_trial_curves
+
+    study = optuna.create_study(direction="maximize")
+    for lr, acc in ((0.1, 0.7), (0.001, 0.4)):
+        study.enqueue_trial({"train.lr": lr})
+        trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)})
+        for epoch in (1, 2):
+            trial.report(acc * epoch / 2, epoch)
+        study.tell(trial, acc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        ax = label_trial_curves(ovm.plot_intermediate_values(study), study, "val/acc")
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "val/acc"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trial 0: train.lr=0.1", "trial 1: train.lr=0.001"]
+
+
 def test_a_killed_sweep_resumes_with_the_lost_trial_retried(tmp_path):
     cfg = config(tmp_path, sampler="random", n_trials=1,
                  space={"train.lr": {"type": "loguniform", "low": 0.001, "high": 0.1}})

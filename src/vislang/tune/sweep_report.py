@@ -48,7 +48,26 @@ def _save_axes(ax: Any, path: Path) -> Path:
     return path
 
 
-def sweep_plots(study: optuna.Study, out: Path) -> tuple[list[Path], list[str]]:
+def label_trial_curves(ax: Any, study: optuna.Study, metric: str) -> Any:
+    """Optuna's intermediate-values plot says "Intermediate Value" per "Step" for "Trial0", "Trial1" ...:
+    name the metric and the epoch, and give each trial's line its parameters (what a sweep compares)."""
+    def fmt(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    drawn = [t for t in study.trials if t.intermediate_values]
+    lines = ax.get_lines()
+    if len(lines) == len(drawn):  # one line per trial with values, in trial order (Optuna's drawing order)
+        for line, t in zip(lines, drawn):
+            params = ", ".join(f"{k}={fmt(v)}" for k, v in t.params.items())
+            line.set_label(f"trial {t.number}: {params}" if params else f"trial {t.number}")
+    ax.set_title(f"{metric} per epoch, one line per trial")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0)
+    return ax
+
+
+def sweep_plots(study: optuna.Study, out: Path, metric: str = "objective") -> tuple[list[Path], list[str]]:
     """Optimisation history, parameter importance and intermediate values (PNG); notes on skipped plots."""
     import optuna.visualization.matplotlib as ovm
 
@@ -67,7 +86,8 @@ def sweep_plots(study: optuna.Study, out: Path) -> tuple[list[Path], list[str]]:
         else:
             notes.append("parameter importance needs at least two completed trials with different parameters")
         if any(t.intermediate_values for t in study.trials):
-            paths.append(_save_axes(ovm.plot_intermediate_values(study), out / "trial_curves.png"))
+            curves = label_trial_curves(ovm.plot_intermediate_values(study), study, metric)
+            paths.append(_save_axes(curves, out / "trial_curves.png"))
     return paths, notes
 
 
@@ -78,7 +98,7 @@ def write_sweep_report(sweep: Any) -> Path:
     from vislang.tune.sweep import _best
 
     study = sweep.study
-    paths, notes = sweep_plots(study, sweep.dir)
+    paths, notes = sweep_plots(study, sweep.dir, sweep.metric)
     keys = list(sweep.spec.space)
     rows = []
     for t in study.trials:
