@@ -51,6 +51,19 @@ def test_cli_prints_the_table(runs, tmp_path):
     assert "ranked by test/f1_macro" in result.output and "low_lr" in result.output and out.is_file()
 
 
+def test_the_table_piped_to_a_file_is_not_cut_to_80_columns(runs, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    result = subprocess.run([sys.executable, "-m", "vislang", "compare", *map(str, runs), "--output",
+                             str(tmp_path / "c.html")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("┃"))
+    assert "…" not in result.stdout and "low_lr" in result.stdout and "val/acc" in header
+
+
 def test_runs_of_different_tasks_are_refused(runs, tmp_path):
     text_run = tmp_path / "text_run"
     shutil.copytree(runs[1], text_run)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,8 +22,19 @@ data_app = typer.Typer(help="Datasets: list the registry, fetch into the cache."
 models_app = typer.Typer(help="Models: list the registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich lays out for 80 columns when the output is not a terminal (a pipe, a log file, CI), which cuts wide
+    tables (compare's leaderboard, cv summaries) into "tri…" cells. Such output gets 200 columns: a table still
+    takes only the width it needs. A terminal keeps its own width, and COLUMNS still wins."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not (os.environ.get("COLUMNS") or (hasattr(stream, "isatty") and stream.isatty()))
+    return Console(stderr=stderr, width=200 if wide else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def cli_errors(fn: Any) -> Any:
