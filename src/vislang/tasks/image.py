@@ -145,26 +145,28 @@ def build_task(cfg: ExperimentConfig, info: dict[str, Any]) -> ClassificationTas
     else:
         transform = BatchTransform(cfg.data.augment, info["mean"], info["std"])
         if cfg.data.augment.crop_size:
-            check_crop_size(model, cfg, shape)
+            check_crop_size(model, transform, cfg, shape)
     weights = class_weights_tensor(cfg.train.class_weights, list(info["classes"]), info["class_counts"]["train"])
     return ImageClassificationTask(model, cfg, len(info["classes"]), transform=transform, class_weights=weights)
 
 
-def check_crop_size(model: torch.nn.Module, cfg: ExperimentConfig, shape: tuple[int, ...]) -> None:
+def check_crop_size(model: torch.nn.Module, transform: Any, cfg: ExperimentConfig, shape: tuple[int, ...]) -> None:
     """data.augment.crop_size trains on windows smaller than the images that evaluation shows: only a model
-    that pools globally takes both. Try one tiny batch of each now, for a clear error instead of a shape
-    mismatch inside the first training step."""
+    that pools globally takes both. Cut the crops of a tiny batch with the run's own transform and feed them
+    to the model now, for a clear error instead of a failure inside the first training step."""
     from vislang.errors import VislangError
 
     size = cfg.data.augment.crop_size
-    if size > min(shape[1:]):
-        raise VislangError(f"data.augment.crop_size={size} is larger than the images ({shape[1]}x{shape[2]}): "
-                           f"set it to at most {min(shape[1:])}, or 0 to train on whole images.")
+    try:
+        with torch.random.fork_rng():  # the check draws no numbers from the run's seeded stream
+            crops = transform.geometric(torch.zeros(2, *shape, dtype=torch.uint8))
+    except ValueError as e:  # a crop larger than the images
+        raise VislangError(f"{e}.") from None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(2, shape[0], size, size))
+            model(crops.float())
     except RuntimeError as e:
         raise VislangError(
             f"model {cfg.model.name!r} cannot train on data.augment.crop_size={size} windows of "

@@ -60,8 +60,10 @@ def label_trial_curves(ax: Any, study: optuna.Study, metric: str) -> Any:
         for line, t in zip(lines, drawn):
             params = ", ".join(f"{k}={fmt(v)}" for k, v in t.params.items())
             line.set_label(f"trial {t.number}: {params}" if params else f"trial {t.number}")
+    from vislang.report.plots import epoch_axis
+
     ax.set_title(f"{metric} per epoch, one line per trial")
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel(metric)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0)
     return ax
