@@ -73,12 +73,24 @@ def test_predict_needs_text(trained):
     assert result.exit_code == 1 and "Give texts to classify" in result.output
 
 
-def test_evaluate_another_split_is_reproducible(trained):
+def test_evaluate_another_split_is_reproducible(trained, monkeypatch):
+    import torch
+
     before = json.loads((trained / "metrics.json").read_text())["test"]
+    (trained / "explain" / "words.html").unlink()
+    loads, torch_load = [], torch.load
+
+    def counting_load(f, *args, **kwargs):
+        loads.append(Path(f).name)
+        return torch_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
     result = runner.invoke(app, ["evaluate", str(trained), "--split", "test"])
     assert result.exit_code == 0, result.output
     after = json.loads((trained / "metrics.json").read_text())["test"]
     assert after["accuracy"] == before["accuracy"] and after["confusion_matrix"] == before["confusion_matrix"]
+    assert (trained / "explain" / "words.html").is_file()  # the explanations are written again
+    assert loads == ["best.ckpt"]  # scoring and explaining share one read of the checkpoint
 
 
 def test_same_seed_same_metrics(trained, tmp_path):

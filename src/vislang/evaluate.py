@@ -52,13 +52,15 @@ def _write_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, class
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
-                 dm: Any = None, light: bool = False) -> dict[str, Any]:
+                 dm: Any = None, light: bool = False, loaded: tuple[Any, dict[str, Any], Any] | None = None) -> dict[str, Any]:
     """Score the run's checkpoint on ``splits``; update metrics.json, predictions and plots
-    (``light``: numbers only, no plots: sweep trials)."""
+    (``light``: numbers only, no plots: sweep trials). ``loaded``: the run's ``load_run(run_dir, checkpoint,
+    device=None)`` when the caller already holds it (the checkpoint is then not read a second time)."""
     from vislang.tasks import task_spec
 
     run_dir = Path(run_dir)
-    cfg, info, task = load_run(run_dir, checkpoint, device=None)  # score on the GPU where there is one
+    # score on the GPU where there is one
+    cfg, info, task = loaded if loaded is not None else load_run(run_dir, checkpoint, device=None)
     splits = splits or [cfg.eval.split]
     if dm is None:
         dm = task_spec(cfg.task).make_datamodule(cfg)

@@ -149,7 +149,8 @@ def write_explanations(run_dir: Path, task: Any, dm: Any, split: str, n: int = 2
     """Explain up to ``n`` texts of ``split`` (half correct, half wrong, seeded sample) into explain/words.html."""
     from vislang.evaluate import predict_split
 
-    probs_np, targets = predict_split(task, dm.dataloader(split))
+    probs_np, targets = predict_split(task, dm.dataloader(split))  # on the task's device (the GPU after training)
+    task = task.cpu()  # the sample is explained on the CPU, where its token tensors are built
     pred = probs_np.argmax(1)
     rng = np.random.default_rng(dm.seed)
     right, wrong = np.flatnonzero(pred == targets), np.flatnonzero(pred != targets)

@@ -236,11 +236,12 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     from vislang.run import load_run
 
     run_dir = Path(run_dir)
-    cfg, info, task = load_run(run_dir, checkpoint)
+    loaded = load_run(run_dir, checkpoint, device=None)  # scored on the GPU where there is one
+    cfg, _, task = loaded
     if dm is None:
         dm = make_datamodule(cfg)
         dm.setup("test")
-    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm, light=light)
+    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm, light=light, loaded=loaded)
     split = (splits or [cfg.eval.split])[-1]
     if cfg.eval.explain and split in dm.split_sizes and not light:
         write_explanations(run_dir, task, dm, split, n=cfg.eval.explain, ig_steps=cfg.eval.ig_steps)
