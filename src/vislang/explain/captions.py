@@ -112,22 +112,24 @@ def attention_maps(task: Any, images: list[Path], info: dict[str, Any], out_dir:
     _, h, w = info["input_shape"]
     positions = info["encoder"]["grid_shape"][0]
     side = int(round(positions ** 0.5))
+    device = next(task.parameters()).device
     paths = []
     for path in images:
         try:
             arr = load_image(Path(path), size=(h, w), channels=3)
         except Exception as err:  # noqa: BLE001 - any decoder failure means the file is not an image
             raise VislangError(f"Cannot read image {path}: {type(err).__name__}: {err}") from None
-        x = torch.from_numpy(arr[None])
+        x = torch.from_numpy(arr[None]).to(device)
         with torch.no_grad():
             ids = decode(task.model, x, beam_size=beam, max_length=task.cfg.data.max_length)[0]
             words = [task.vocab.itos[i] for i in ids.tolist() if i not in (0,)]
             words = words[: words.index("<end>") + 1] if "<end>" in words else words
-            prefix_ids = torch.tensor([[START] + [task.vocab.stoi[t] for t in words[:-1]]]) if words else None
+            prefix_ids = (torch.tensor([[START] + [task.vocab.stoi[t] for t in words[:-1]]], device=device)
+                          if words else None)
             att = task.model.attention(x, prefix_ids) if prefix_ids is not None else None
         if att is None or side * side != positions:
             continue
-        att = att[0].float().view(-1, side, side)
+        att = att[0].float().cpu().view(-1, side, side)
         up = torch.nn.functional.interpolate(att[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         n = len(words) + 1
         cols = min(6, n)

@@ -227,7 +227,7 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     from vislang.run import load_run, read_json
 
     run_dir = Path(run_dir)
-    cfg, info, task = load_run(run_dir, checkpoint)
+    cfg, info, task = load_run(run_dir, checkpoint, device=None)  # beam search on the GPU where there is one
     beam = beam or cfg.eval.beam
     splits = list(dict.fromkeys(splits or [cfg.eval.split]))
     if dm is None:
@@ -238,7 +238,7 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     metrics_path = run_dir / "metrics.json"
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     xe_ckpt = run_dir / "checkpoints" / "xe_best.ckpt"
-    xe_task = load_run(run_dir, "xe_best")[2] if xe_ckpt.is_file() and checkpoint == "best" else None
+    xe_task = load_run(run_dir, "xe_best", device=None)[2] if xe_ckpt.is_file() and checkpoint == "best" else None
     for split in splits:
         if split not in dm.references:
             raise VislangError(f"Split '{split}' does not exist in this dataset; it has: {', '.join(dm.references)}.")
@@ -269,13 +269,17 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
 
 def generate(task: CaptionTask, loader: Any, beam: int, eval_cfg: Any, max_length: int) -> tuple[dict[int, str], float]:
     """Captions of every image a loader yields (by split index) and the seconds it took."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
     from vislang.models.decoding import decode
 
     task.eval()
+    device = next(task.parameters()).device
     out: dict[int, str] = {}
     t0 = time.perf_counter()
     with torch.no_grad():
         for inputs, _, index in loader:
+            inputs = move_data_to_device(inputs, device)
             if isinstance(inputs, (tuple, list)):
                 inputs = tuple(x.float() for x in inputs)
             ids = decode(task.model, inputs, beam_size=beam, max_length=max_length,
