@@ -43,6 +43,31 @@ def test_leaderboard_sorted_with_differences(runs, tmp_path):
     assert losses == sorted(losses)
 
 
+def test_curves_name_what_differs_and_show_training_beside_validation(runs, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from vislang.report.compare import curves_figure
+
+    result = compare_runs(runs, metric="val/accuracy", output=tmp_path / "cmp.html")
+    fig = curves_figure(result.runs, result.metric, result.keys)
+    loss_ax, acc_ax = fig.axes
+    names = {r.name: r for r in result.runs}
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
+        f"{r.name}: model.dropout={r.differing['model.dropout']}, train.lr={r.differing['train.lr']}"
+        for r in result.runs]
+    assert "low_lr: model.dropout=0.0, train.lr=0.005" in [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    for ax, col in ((loss_ax, "loss"), (acc_ax, "acc")):
+        assert ax.get_title() == f"val/{col} (solid), train/{col} (dashed)"
+        solid = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(solid) == len(dashed) == 2
+        for val_line, train_line, run in zip(solid, dashed, result.runs):
+            assert train_line.get_color() == val_line.get_color()  # a run's two curves share its colour
+            history = names[run.name].history
+            assert list(train_line.get_ydata()) == [row[f"train/{col}"] for row in history]
+    plt.close(fig)
+
+
 def test_cli_prints_the_table(runs, tmp_path):
     out = tmp_path / "c.html"
     result = CliRunner().invoke(app, ["compare", *map(str, runs), "--metric", "f1_macro", "--output", str(out)],

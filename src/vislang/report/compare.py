@@ -157,7 +157,7 @@ def compare_runs(run_dirs: list[Path], metric: str | None = None, output: Path |
         r.differing = {k: flat.get(k) for k in keys}
     result = Comparison(runs, metric, keys)
     output = Path(output or "compare.html")
-    result.curves = curves_plot(runs, metric, output.with_name(output.stem + "_curves.png"))
+    result.curves = curves_plot(runs, metric, output.with_name(output.stem + "_curves.png"), keys)
     result.html = write_html(result, output)
     return result
 
@@ -180,8 +180,16 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def curves_plot(runs: list[RunSummary], metric: str, path: Path) -> Path | None:
-    """Validation loss and the validation metric per epoch, one line per run."""
+def curve_label(run: RunSummary, keys: list[str]) -> str:
+    """A run's legend entry: its name and the config values that set it apart (``trial_002: train.lr=0.1``)."""
+    values = ", ".join(f"{k}={_short(run.differing[k])}" for k in keys[:3] if k in run.differing)
+    return f"{run.name}: {values}" if values else run.name
+
+
+def curves_figure(runs: list[RunSummary], metric: str, keys: list[str] | None = None) -> Any:
+    """Validation loss and the validation metric per epoch, one colour per run (solid), with the run's
+    training curve of the same quantity dashed in the same colour where the history has it: the gap
+    between the two is what a regularisation comparison (dropout, weight decay, augmentation) is about."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,15 +206,34 @@ def curves_plot(runs: list[RunSummary], metric: str, path: Path) -> Path | None:
     panels = [c for c in ("val/loss", second) if c in cols]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
     for ax, col in zip(axes[0], panels):
+        train_col = "train/" + col.split("/", 1)[1]
+        dashed = False
         for r in runs:
             pts = [(int(row["epoch"]) + 1, row[col]) for row in r.history if row.get(col) is not None]
-            if pts:
-                ax.plot(*zip(*pts), "-o", ms=3, lw=1.4, label=r.name)
+            if not pts:
+                continue
+            (line,) = ax.plot(*zip(*pts), "-o", ms=3, lw=1.4, label=curve_label(r, keys or []))
+            train = [(int(row["epoch"]) + 1, row[train_col]) for row in r.history if row.get(train_col) is not None]
+            if train:
+                ax.plot(*zip(*train), "--", lw=1.0, color=line.get_color(), alpha=0.8)
+                dashed = True
         epoch_axis(ax)
-        ax.set_ylabel(col)
+        ax.set_ylabel(col.split("/", 1)[1] if dashed else col)
+        if dashed:
+            ax.set_title(f"{col} (solid), {train_col} (dashed)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def curves_plot(runs: list[RunSummary], metric: str, path: Path, keys: list[str] | None = None) -> Path | None:
+    """``curves_figure`` saved as a PNG (None when no run logged validation metrics)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(runs, metric, keys)
+    if fig is None:
+        return None
     atomic_save(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
     return path
