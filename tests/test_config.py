@@ -35,6 +35,14 @@ def test_set_overrides_any_key_with_typed_values(tmp_path):
     assert cfg.data.augment.flip is True and cfg.data.image_size == (48, 64)
 
 
+def test_a_recipes_subset_is_dropped_with_null_or_an_empty_mapping(tmp_path):
+    path = write(tmp_path, "model: {name: cnn}\ndata: {subset: {train: 2000, test: 500}}\n")
+    assert load_config(path).data.subset == {"train": 2000, "test": 500}
+    assert load_config(path, ["data.subset=null"]).data.subset == {}
+    assert load_config(path, ["data.subset={}"]).data.subset == {}
+    assert load_config(path, ["data.subset={train: 100}"]).data.subset == {"train": 100}
+
+
 def test_unknown_key_names_key_file_and_closest(tmp_path):
     path = write(tmp_path, "train:\n  learning_rate: 0.1\n  epoch: 3\n")
     with pytest.raises(VislangError) as err:

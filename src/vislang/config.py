@@ -85,6 +85,11 @@ class DataConfig(Section):
         check_folds(self.cv_folds, self.cv_fold)
         return self
 
+    @field_validator("subset", mode="before")
+    @classmethod
+    def _subset_none(cls, v: Any) -> Any:
+        return {} if v is None else v  # `--set data.subset=null` drops a recipe's subset: every split whole
+
     @field_validator("subset")
     @classmethod
     def _subset(cls, v: dict[str, int]) -> dict[str, int]:
