@@ -140,8 +140,11 @@ def cifar_train_dir() -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=10000, help="training images per measured epoch")
-    ap.add_argument("--models", default="mlp,cnn,fast")
+    ap.add_argument("--models", default="mlp,cnn,fast", help=f"comma-separated, of: {','.join(RECIPES)}")
     args = ap.parse_args()
+    unknown = [k for k in args.models.split(",") if k not in RECIPES]
+    if unknown:
+        ap.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)} (comma-separated)")
     train_dir = cifar_train_dir()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, images per epoch: {args.images}")
     rows = []
