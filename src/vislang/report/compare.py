@@ -204,16 +204,19 @@ def curves_figure(runs: list[RunSummary], metric: str, keys: list[str] | None = 
     second = next((c for c in (f"val/{base}", "val/acc", "val/cider", "val/f1_macro") if c in cols),
                   next((c for c in sorted(cols) if c != "val/loss"), None))
     panels = [c for c in ("val/loss", second) if c in cols]
+    def points(run: RunSummary, col: str) -> list[tuple[int, Any]]:
+        return [(int(row["epoch"]) + 1, row[col]) for row in run.history if row.get(col) is not None]
+
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
     for ax, col in zip(axes[0], panels):
         train_col = "train/" + col.split("/", 1)[1]
         dashed = False
         for r in runs:
-            pts = [(int(row["epoch"]) + 1, row[col]) for row in r.history if row.get(col) is not None]
+            pts = points(r, col)
             if not pts:
                 continue
             (line,) = ax.plot(*zip(*pts), "-o", ms=3, lw=1.4, label=curve_label(r, keys or []))
-            train = [(int(row["epoch"]) + 1, row[train_col]) for row in r.history if row.get(train_col) is not None]
+            train = points(r, train_col)
             if train:
                 ax.plot(*zip(*train), "--", lw=1.0, color=line.get_color(), alpha=0.8)
                 dashed = True
