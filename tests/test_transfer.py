@@ -91,6 +91,26 @@ def test_a_frozen_run_scores_the_same_with_or_without_the_feature_cache(tmp_path
 
 
 @pytest.mark.usefixtures("mirror")
+def test_feature_layers_give_the_head_mid_level_features_cached_or_not(tmp_path):
+    import csv
+
+    layers = {"feature_layers": ["blocks.4", "blocks.5"], "pooling": "avgmax"}
+    before = features.STATS["computed"]
+    runs = [train(config(tmp_path, model=layers, data={"feature_cache": cache}), quiet=True, light=True)
+            for cache in (True, False)]
+    assert features.STATS["computed"] > before  # layers are part of the cache key: not the plain features
+    _, _, task = load_run(runs[0])
+    # the head sees avg and max of the last grid (1280 channels), then of blocks.4 (112) and blocks.5 (192)
+    assert task.model.head[-1].in_features == 2 * (1280 + 112 + 192)
+    assert task.model.forward_features(torch.randn(2, 3, 64, 64)).shape == (2, 2 * (1280 + 112 + 192))
+    history = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
+    for cached, plain in zip(*history, strict=True):  # the cache serves exactly what the image path computes
+        assert float(cached["train/loss"]) == pytest.approx(float(plain["train/loss"]), abs=2e-3)
+    with pytest.raises(VislangError, match="feature_layers: 'block.4'.*Did you mean 'blocks.4'"):
+        train(config(tmp_path, model={"feature_layers": ["block.4"]}), quiet=True)
+
+
+@pytest.mark.usefixtures("mirror")
 def test_grayscale_images_fine_tune_an_rgb_backbone(tmp_path):
     cfg = config(tmp_path, data={"dataset": "pneumoniamnist", "channels": 1, "val_fraction": 0.1,
                                  "subset": {"train": 96, "val": 32, "test": 32}, "augment": {"flip": True}},

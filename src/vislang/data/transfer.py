@@ -192,6 +192,10 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
     base = {"kind": "avg+max pooled", "backbone": preprocess["backbone"], "weights": preprocess.get("weights"),
             "timm_kwargs": build,
             "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
+    layers = list(getattr(model, "feature_layers", []))
+    if layers:  # only then: runs without them keep their existing cache entries
+        base["layers"] = layers
+    sources = ["", *(f"@{name}" for name in layers)]  # output-name suffixes: the last grid, then each layer
     out = []
     try:
         for view in views:
@@ -204,8 +208,13 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
                     x = x.flip(-1)
                 elif view.startswith("aug"):
                     x = geometry.geometric(x)
-                grid = model.forward_grid(pre(x))  # the ops of the model's own pooling (timm's SelectAdaptivePool2d)
-                return {"avg": F.adaptive_avg_pool2d(grid, 1).flatten(1), "max": F.adaptive_max_pool2d(grid, 1).flatten(1)}
+                grids = model.forward_grids(pre(x)) if layers else [model.forward_grid(pre(x))]
+                result = {}
+                for suffix, grid in zip(sources, grids, strict=True):
+                    # the ops of the model's own pooling (timm's SelectAdaptivePool2d)
+                    result["avg" + suffix] = F.adaptive_avg_pool2d(grid, 1).flatten(1)
+                    result["max" + suffix] = F.adaptive_max_pool2d(grid, 1).flatten(1)
+                return result
 
             with torch.random.fork_rng():
                 torch.manual_seed(_view_seed(seed, view))
@@ -214,7 +223,8 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
                                          device=device, precision=precision)
             # both poolings are cached, so changing model.pooling reuses the cache
             parts = {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
-            out.append(torch.cat([torch.from_numpy(np.array(pooled[k])) for k in parts], 1))  # copy: memmaps are read-only
+            # in forward_features' order: each source's pooling(s); copies, as memmaps are read-only
+            out.append(torch.cat([torch.from_numpy(np.array(pooled[k + suffix])) for suffix in sources for k in parts], 1))
     finally:
         model.train(was_training).to(home)
     return torch.stack(out, 1)

@@ -283,32 +283,54 @@ class PretrainedClassifier(ImageClassifier):
     ``forward(x)`` takes preprocessed images ``[B, 3, H, W]`` or already pooled backbone features
     ``[B, num_features]`` (the frozen-feature cache feeds those), so one checkpoint serves both.
     ``head`` holds the hidden layers and the classifier; ``features(x)`` is the pooled backbone output.
+    ``feature_layers`` names backbone modules (``blocks.4``, ``layer3`` ...) whose outputs are pooled too and
+    concatenated after the last grid's: multi-scale features for the head.
     """
 
     def __init__(self, backbone: nn.Module, data_cfg: dict[str, Any], num_classes: int, *, pretrained: str | None,
                  pooling: str, hidden: Sequence[int], dropout: float, batch_norm: bool, activation: str,
-                 freeze: str, unfreeze_at_epoch: int | None, bn_stats: str = "train") -> None:
+                 freeze: str, unfreeze_at_epoch: int | None, bn_stats: str = "train",
+                 feature_layers: Sequence[str] = ()) -> None:
         from timm.layers import SelectAdaptivePool2d
 
         pool_type = {"avg": "avg", "max": "max", "avgmax": "catavgmax"}[pooling]
-        width = int(backbone.num_features) * (2 if pooling == "avgmax" else 1)
+        layers = _check_feature_layers(backbone, list(feature_layers), str(data_cfg.get("backbone")))
+        channels = int(backbone.num_features) + sum(_layer_channels(backbone, layers, data_cfg))
+        width = channels * (2 if pooling == "avgmax" else 1)
         super().__init__(hidden[-1] if hidden else width, num_classes, dropout)
         self.backbone, self.data_cfg, self.pretrained = backbone, dict(data_cfg), pretrained
         self.pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
         self.hidden = _mlp_layers([width, *hidden], dropout, batch_norm, activation)
         self.unfreeze_at_epoch, self.pooling, self.bn_stats = unfreeze_at_epoch, pooling, bn_stats
+        self.feature_layers = layers
         self.freeze_spec = "none"
         self._frozen_bn: list[nn.Module] = []
         self.set_freeze(freeze)
 
     # -- head and interface ---------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
-        """Pooled backbone features ``[B, D]`` of preprocessed images (the frozen-feature cache stores these)."""
-        return self.pool(self.backbone.forward_features(x))
+        """Pooled backbone features ``[B, D]`` of preprocessed images (the frozen-feature cache stores these):
+        the last grid's, then each of ``feature_layers``' in order."""
+        if not self.feature_layers:
+            return self.pool(self.backbone.forward_features(x))
+        return torch.cat([self.pool(g) for g in self.forward_grids(x)], 1)
 
     def forward_grid(self, x: Tensor) -> Tensor:
         """The backbone's spatial feature grid ``[B, C, h, w]``."""
         return self.backbone.forward_features(x)
+
+    def forward_grids(self, x: Tensor) -> list[Tensor]:
+        """The backbone's last grid followed by the outputs of ``feature_layers`` (caught with forward hooks,
+        which works for any timm architecture; timm's ``forward_intermediates`` covers only some)."""
+        caught: dict[str, Tensor] = {}
+        handles = [self.backbone.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: caught.__setitem__(name, out)) for name in self.feature_layers]
+        try:
+            grid = self.backbone.forward_features(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [grid, *(caught[name] for name in self.feature_layers)]
 
     def forward(self, x: Tensor) -> Tensor:
         feats = x if x.dim() == 2 else self.forward_features(x)
@@ -382,13 +404,58 @@ class PretrainedClassifier(ImageClassifier):
         return cfg["weights"]
 
 
+def _check_feature_layers(backbone: nn.Module, layers: list[str], name: str) -> list[str]:
+    """``layers`` when each is a module of ``backbone`` that outputs a feature grid; else an error listing them."""
+    modules = dict(backbone.named_modules())
+    info = [i["module"] for i in getattr(backbone, "feature_info", []) or []]
+    for layer in layers:
+        if layer not in modules or not layer:
+            stages = [n for n, m in modules.items() if n and n.count(".") <= 1 and any(True for _ in m.parameters())]
+            raise VislangError(f"model.feature_layers: '{layer}' is not a module of backbone {name}."
+                               f"{did_you_mean(layer, stages)} Use module names such as "
+                               f"{', '.join(info or stages[:12])} (see backbone.named_modules()).")
+    if len(set(layers)) != len(layers):
+        raise VislangError(f"model.feature_layers names a module twice: {layers}.")
+    return layers
+
+
+def _layer_channels(backbone: nn.Module, layers: list[str], data_cfg: dict[str, Any]) -> list[int]:
+    """Channels of each layer's output, from one small dry run (module types alone do not tell them)."""
+    if not layers:
+        return []
+    caught: dict[str, Tensor] = {}
+    handles = [backbone.get_submodule(n).register_forward_hook(
+        lambda _m, _i, out, n=n: caught.__setitem__(n, out)) for n in layers]
+    was_training = backbone.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            backbone.eval().forward_features(torch.zeros(1, int(data_cfg["input_size"][0]), 64, 64))
+    finally:
+        backbone.train(was_training)
+        for handle in handles:
+            handle.remove()
+    out = []
+    for n in layers:
+        grid = caught.get(n)
+        if grid is None:
+            raise VislangError(f"model.feature_layers: module '{n}' is not run on the way to the backbone's last "
+                               "feature grid (it belongs to its classifier end); name a block or stage before it.")
+        if not isinstance(grid, Tensor) or grid.dim() != 4:
+            raise VislangError(f"model.feature_layers: module '{n}' does not output a feature grid [B, C, h, w] "
+                               f"(it gives {type(grid).__name__ if not isinstance(grid, Tensor) else tuple(grid.shape)}); "
+                               "name a block or stage.")
+        out.append(int(grid.shape[1]))
+    return out
+
+
 @register_model("timm", task="image")
 def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, int] = (224, 224),
                backbone: str = "tf_efficientnet_lite0", pretrained: str | None = "hub", freeze: str = "none",
                unfreeze_at_epoch: int | None = None, pooling: str = "avg", hidden: Sequence[int] = (),
                dropout: float = 0.2, batch_norm: bool = False, activation: str = "relu",
                drop_path_rate: float = 0.0, input_size: int | None = None, interpolation: str | None = None,
-               bn_stats: str = "train", load_weights: bool = True) -> PretrainedClassifier:
+               bn_stats: str = "train", feature_layers: Sequence[str] = (),
+               load_weights: bool = True) -> PretrainedClassifier:
     """Any timm architecture as a classifier: pretrained backbone, pooling and a new head.
 
     ``backbone``: a ``timm.list_models()`` name (tf_efficientnet_lite0, resnet50, vgg16_bn,
@@ -410,6 +477,10 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     ``interpolation``: ``bilinear``, ``bicubic`` or ``nearest`` resizing to that size, overriding the
     backbone's own (bicubic for EfficientNet-Lite0); null = the backbone's. Upscaling small images a lot
     (CIFAR's 32 px to 224) is where it matters: see configs/cifar10_effnet_lite0_frozen.yaml.
+    ``feature_layers``: backbone modules (e.g. ``[blocks.3, blocks.4, blocks.5, blocks.6]`` for EfficientNet,
+    ``[layer2, layer3]`` for a ResNet) whose outputs are pooled like the last grid's and concatenated after
+    them: the head sees mid-level as well as the last layer's features, which transfer better when the
+    images are far from ImageNet's (CIFAR's upscaled 32 px ones). Cached with the rest when frozen.
     ``load_weights``: false builds the architecture only (a checkpoint will fill it).
     Inputs are preprocessed with the backbone's own input size, interpolation and mean/std.
     """
@@ -425,4 +496,5 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     cfg = override_preprocessing(cfg, input_size, interpolation)
     return PretrainedClassifier(net, cfg, num_classes, pretrained=pretrained, pooling=pooling, hidden=hidden,
                                 dropout=dropout, batch_norm=batch_norm, activation=activation, freeze=freeze,
-                                unfreeze_at_epoch=unfreeze_at_epoch, bn_stats=bn_stats)
+                                unfreeze_at_epoch=unfreeze_at_epoch, bn_stats=bn_stats,
+                                feature_layers=list(feature_layers or []))
