@@ -8,10 +8,11 @@ horizontal flip) and precision:
               Lightning loop); images/s of the last epoch's training steps, read from history.csv.
 * plain     – torchvision ``ImageFolder`` + PIL transforms + ``DataLoader(num_workers=2)``, a hand
               written loop with the same optimiser, in fp32 and contiguous memory: what a notebook does.
-* plain+    – the same plain pipeline given vislang's precision and memory format (bf16 autocast +
-              channels_last on CPUs with native bf16): isolates what the data pipeline alone is worth.
+* plain+    – the same plain pipeline given vislang's precision, memory format and fused optimiser
+              (bf16 autocast + channels_last on CPUs with native bf16): isolates what the data pipeline
+              alone is worth.
 * compute   – forward + backward + optimiser step on one batch already in memory, in vislang's
-              precision and memory format: the limit.
+              precision, memory format and fused optimiser: the limit.
 
 Run:  python benchmarks/image_throughput.py [--images 10000] [--models mlp,cnn,fast]
 Needs VISLANG_MIRROR (e.g. ../shared/data) or a network connection for CIFAR-10.
@@ -51,12 +52,14 @@ def make_model(cfg: ExperimentConfig, matched: bool = True) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if matched and cfg.train.channels_last else model
 
 
-def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: ExperimentConfig, model: nn.Module, matched: bool = True) -> torch.optim.Optimizer:
+    """The recipe's optimiser: vislang's fused kernel when matched, else PyTorch's default (a notebook's)."""
     t = cfg.train
+    fused = {"fused": True} if matched else {}
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=t.lr / 10, momentum=t.momentum, nesterov=t.nesterov,
-                               weight_decay=t.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=t.lr / 10, weight_decay=t.weight_decay)
+                               weight_decay=t.weight_decay, **fused)
+    return torch.optim.AdamW(model.parameters(), lr=t.lr / 10, weight_decay=t.weight_decay, **fused)
 
 
 def step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg,
@@ -101,7 +104,7 @@ def plain_pytorch(cfg: ExperimentConfig, train_dir: Path, n_images: int, matched
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=True, num_workers=2, drop_last=True,
                         persistent_workers=True)
     model = make_model(cfg, matched)
-    opt = make_optimizer(cfg, model)
+    opt = make_optimizer(cfg, model, matched)
     model.train()
     rates = []
     for _epoch in range(1 + REPEATS):  # epoch 0 warms up workers and kernels

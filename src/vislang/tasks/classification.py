@@ -176,11 +176,13 @@ class ClassificationTask(L.LightningModule):
     def configure_optimizers(self) -> Any:
         t: TrainConfig = self.cfg.train
         groups = self._param_groups(t.weight_decay)
+        # the fused kernels make one pass over each tensor instead of one per elementwise op: Adam's step is ~2x
+        # faster on the CPU, SGD's (weight decay + momentum + Nesterov) ~5x, which is a quarter of an MLP's step
+        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         if t.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
+            opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
+                                  **fused)
         else:
-            # the fused kernel is ~2x faster per step on the CPU (one pass over each tensor, not six)
-            fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
             cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
             opt = cls(groups, lr=t.lr, **fused)
         total = int(self.trainer.estimated_stepping_batches)
