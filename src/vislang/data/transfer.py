@@ -208,9 +208,8 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
                     x = x.flip(-1)
                 elif view.startswith("aug"):
                     x = geometry.geometric(x)
-                grids = model.forward_grids(pre(x)) if layers else [model.forward_grid(pre(x))]
                 result = {}
-                for suffix, grid in zip(sources, grids, strict=True):
+                for suffix, grid in zip(sources, model.forward_grids(pre(x)), strict=True):
                     # the ops of the model's own pooling (timm's SelectAdaptivePool2d)
                     result["avg" + suffix] = F.adaptive_avg_pool2d(grid, 1).flatten(1)
                     result["max" + suffix] = F.adaptive_max_pool2d(grid, 1).flatten(1)

@@ -315,21 +315,9 @@ class PretrainedClassifier(ImageClassifier):
             return self.pool(self.backbone.forward_features(x))
         return torch.cat([self.pool(g) for g in self.forward_grids(x)], 1)
 
-    def forward_grid(self, x: Tensor) -> Tensor:
-        """The backbone's spatial feature grid ``[B, C, h, w]``."""
-        return self.backbone.forward_features(x)
-
     def forward_grids(self, x: Tensor) -> list[Tensor]:
-        """The backbone's last grid followed by the outputs of ``feature_layers`` (caught with forward hooks,
-        which works for any timm architecture; timm's ``forward_intermediates`` covers only some)."""
-        caught: dict[str, Tensor] = {}
-        handles = [self.backbone.get_submodule(name).register_forward_hook(
-            lambda _m, _i, out, name=name: caught.__setitem__(name, out)) for name in self.feature_layers]
-        try:
-            grid = self.backbone.forward_features(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        """The backbone's last grid followed by the outputs of ``feature_layers`` (just the grid without them)."""
+        grid, caught = _forward_catching(self.backbone, self.feature_layers, x)
         return [grid, *(caught[name] for name in self.feature_layers)]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -363,7 +351,7 @@ class PretrainedClassifier(ImageClassifier):
         else:
             modules = dict(self.backbone.named_modules())
             if spec not in modules or not any(n.startswith(spec + ".") for n in names):
-                stages = [n for n, m in modules.items() if n and n.count(".") <= 1 and any(True for _ in m.parameters())]
+                stages = _stage_names(modules)
                 raise VislangError(f"model.freeze: '{spec}' is not a module of backbone "
                                    f"{self.data_cfg.get('backbone')}.{did_you_mean(spec, stages)} "
                                    f"Use all, none or a module name: {', '.join(stages[:40])}.")
@@ -404,13 +392,33 @@ class PretrainedClassifier(ImageClassifier):
         return cfg["weights"]
 
 
+def _stage_names(modules: dict[str, nn.Module]) -> list[str]:
+    """The top two levels of a backbone's named modules that hold parameters (``blocks``, ``blocks.3``,
+    ``layer2`` ...): what error messages offer for a module name."""
+    return [n for n, m in modules.items() if n and n.count(".") <= 1 and any(True for _ in m.parameters())]
+
+
+def _forward_catching(backbone: nn.Module, layers: list[str], x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """``backbone.forward_features(x)`` and the outputs of the modules named ``layers`` on the way, caught with
+    forward hooks (which works for any timm architecture; timm's ``forward_intermediates`` covers only some).
+    A module the pass does not run is absent from the dict."""
+    caught: dict[str, Any] = {}
+    handles = [backbone.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: caught.__setitem__(name, out)) for name in layers]
+    try:
+        return backbone.forward_features(x), caught
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _check_feature_layers(backbone: nn.Module, layers: list[str], name: str) -> list[str]:
     """``layers`` when each is a module of ``backbone`` that outputs a feature grid; else an error listing them."""
     modules = dict(backbone.named_modules())
     info = [i["module"] for i in getattr(backbone, "feature_info", []) or []]
     for layer in layers:
         if layer not in modules or not layer:
-            stages = [n for n, m in modules.items() if n and n.count(".") <= 1 and any(True for _ in m.parameters())]
+            stages = _stage_names(modules)
             raise VislangError(f"model.feature_layers: '{layer}' is not a module of backbone {name}."
                                f"{did_you_mean(layer, stages)} Use module names such as "
                                f"{', '.join(info or stages[:12])} (see backbone.named_modules()).")
@@ -423,17 +431,13 @@ def _layer_channels(backbone: nn.Module, layers: list[str], data_cfg: dict[str, 
     """Channels of each layer's output, from one small dry run (module types alone do not tell them)."""
     if not layers:
         return []
-    caught: dict[str, Tensor] = {}
-    handles = [backbone.get_submodule(n).register_forward_hook(
-        lambda _m, _i, out, n=n: caught.__setitem__(n, out)) for n in layers]
     was_training = backbone.training
     try:
         with torch.no_grad(), torch.random.fork_rng():
-            backbone.eval().forward_features(torch.zeros(1, int(data_cfg["input_size"][0]), 64, 64))
+            _, caught = _forward_catching(backbone.eval(), layers,
+                                          torch.zeros(1, int(data_cfg["input_size"][0]), 64, 64))
     finally:
         backbone.train(was_training)
-        for handle in handles:
-            handle.remove()
     out = []
     for n in layers:
         grid = caught.get(n)
@@ -497,4 +501,4 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     return PretrainedClassifier(net, cfg, num_classes, pretrained=pretrained, pooling=pooling, hidden=hidden,
                                 dropout=dropout, batch_norm=batch_norm, activation=activation, freeze=freeze,
                                 unfreeze_at_epoch=unfreeze_at_epoch, bn_stats=bn_stats,
-                                feature_layers=list(feature_layers or []))
+                                feature_layers=feature_layers or ())
