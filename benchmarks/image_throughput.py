@@ -14,6 +14,11 @@ horizontal flip) and precision:
 * compute   – forward + backward + optimiser step on one batch already in memory, in vislang's
               precision, memory format and fused optimiser: the limit.
 
+All four run in one process with vislang's allocator settings (vislang.run.tune_malloc: glibc keeps
+freed tensor memory instead of unmapping it, ~1.5x on the MLP's step here), so the limit is the limit
+of the same arithmetic. A real notebook runs with the default allocator and is slower than "plain"
+here: the ratios against it are conservative.
+
 Run:  python benchmarks/image_throughput.py [--images 10000] [--models mlp,cnn,fast]
 Needs VISLANG_MIRROR (e.g. ../shared/data) or a network connection for CIFAR-10.
 """
@@ -31,7 +36,7 @@ import torch
 from torch import nn
 
 from vislang.config import ExperimentConfig, load_config
-from vislang.run import build_model, resolve_precision
+from vislang.run import build_model, resolve_precision, tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each path is measured over REPEATS epochs (after a warm-up) and reports its best: shared 2-core
@@ -149,7 +154,8 @@ def main() -> None:
     if unknown:
         ap.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)} (comma-separated)")
     train_dir = cifar_train_dir()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, images per epoch: {args.images}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, images per epoch: {args.images}, "
+          f"malloc: {tune_malloc()}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):

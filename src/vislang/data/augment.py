@@ -79,7 +79,9 @@ def random_photometric(x: torch.Tensor, brightness: float, contrast: float) -> t
 
 
 class BatchTransform(nn.Module):
-    """``forward(x_uint8 [B,C,H,W], train) → float32 [B,C,H,W]``, normalised, channels_last.
+    """``forward(x_uint8 [B,C,H,W], train) → float32 [B,C,H,W]``, normalised, channels_last (or contiguous
+    NCHW with ``channels_last=False``: for a model that flattens its input, such as an MLP, which would
+    otherwise copy the batch back).
 
     ``mean``/``std`` are per channel on the 0..255 scale (use 0 and 255 to only scale to 0..1).
     In train mode it applies, per image: random rotation (``rotate`` degrees) and zoom (``scale``),
@@ -89,9 +91,11 @@ class BatchTransform(nn.Module):
     set to 0 after normalisation (i.e. to the dataset mean).
     """
 
-    def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float],
+                 channels_last: bool = True) -> None:
         super().__init__()
         self.aug = aug
+        self.channels_last = channels_last
         mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         # normalised = x * scale + shift, with scale = 1/std and shift = -mean/std
@@ -120,8 +124,7 @@ class BatchTransform(nn.Module):
         out = x.to(torch.float32).mul_(self.scale.to(x.device)).add_(self.shift.to(x.device))
         if train and self.aug.cutout:
             out = self.cutout(out, self.aug.cutout)
-        out = out.contiguous(memory_format=torch.channels_last)
-        return out
+        return out.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def geometric(self, x: torch.Tensor) -> torch.Tensor:
         """Random rotation/zoom, brightness/contrast, crop (zero padding), translation (reflect padding)

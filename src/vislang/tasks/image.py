@@ -143,7 +143,7 @@ def build_task(cfg: ExperimentConfig, info: dict[str, Any]) -> ClassificationTas
     if info.get("preprocess"):
         transform: torch.nn.Module = TransferTransform(cfg.data.augment, info["preprocess"], channels=shape[0])
     else:
-        transform = BatchTransform(cfg.data.augment, info["mean"], info["std"])
+        transform = BatchTransform(cfg.data.augment, info["mean"], info["std"], channels_last=cfg.train.channels_last)
         if cfg.data.augment.crop_size:
             check_crop_size(model, transform, cfg, shape)
     weights = class_weights_tensor(cfg.train.class_weights, list(info["classes"]), info["class_counts"]["train"])
