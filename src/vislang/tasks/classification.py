@@ -120,7 +120,9 @@ class ClassificationTask(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
-        self.train_acc(logits.detach(), y)
+        # update only: calling the metric would also compute this batch's accuracy, which nobody reads
+        # (train/acc is logged per epoch)
+        self.train_acc.update(logits.detach(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
@@ -131,14 +133,14 @@ class ClassificationTask(L.LightningModule):
         logits = self(x) if len(views) == 1 else torch.stack(
             [self(v).float().log_softmax(-1) for v in views]).mean(0)
         loss = F.cross_entropy(logits.float(), y)
-        self.val_acc(logits, y)
-        self.val_f1(logits, y)
+        self.val_acc.update(logits, y)
+        self.val_f1.update(logits, y)
         n = len(y)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("val/f1_macro", self.val_f1, on_epoch=True, batch_size=n)
         if self.val_top5 is not None:
-            self.val_top5(logits, y)
+            self.val_top5.update(logits, y)
             self.log("val/top5", self.val_top5, on_epoch=True, batch_size=n)
 
     # ------------------------------------------------------------------------------ optimiser
