@@ -14,7 +14,7 @@ horizontal flip) and precision:
 * compute   – forward + backward + optimiser step on one batch already in memory, in vislang's
               precision, memory format and fused optimiser: the limit.
 
-All four run in one process with vislang's allocator settings (vislang.run.tune_malloc: glibc keeps
+All four run in one process with vislang's allocator settings (vislang.system.tune_malloc: glibc keeps
 freed tensor memory instead of unmapping it, ~1.5x on the MLP's step here), so the limit is the limit
 of the same arithmetic. A real notebook runs with the default allocator and is slower than "plain"
 here: the ratios against it are conservative.
@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from vislang.config import ExperimentConfig, load_config
-from vislang.run import build_model, resolve_precision, tune_malloc
+from vislang.run import build_model, resolve_precision
+from vislang.system import tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each path is measured over REPEATS epochs (after a warm-up) and reports its best: shared 2-core

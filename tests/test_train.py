@@ -254,7 +254,7 @@ def test_a_run_starts_from_an_earlier_runs_weights(trained, tmp_path):
 ALLOC_LOOP = """
 import resource, torch
 from torch import nn
-from vislang.run import tune_malloc
+from vislang.system import tune_malloc
 state = tune_malloc()
 torch.manual_seed(0)
 model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 2048), nn.BatchNorm1d(2048), nn.ReLU(), nn.Dropout(0.25),

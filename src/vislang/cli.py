@@ -320,5 +320,8 @@ def sweep(
 
 
 def main() -> None:
+    from vislang.system import tune_malloc
+
+    tune_malloc()  # every command: training, evaluation, predict, explain, the feature passes
     app()
 
