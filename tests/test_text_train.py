@@ -85,12 +85,22 @@ def test_evaluate_another_split_is_reproducible(trained, monkeypatch):
         return torch_load(f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", counting_load)
+    import vislang.evaluate
+
+    passes, predict_split = [], vislang.evaluate.predict_split
+
+    def counting_predict(task, loader):
+        passes.append(loader)
+        return predict_split(task, loader)
+
+    monkeypatch.setattr(vislang.evaluate, "predict_split", counting_predict)
     result = runner.invoke(app, ["evaluate", str(trained), "--split", "test"])
     assert result.exit_code == 0, result.output
     after = json.loads((trained / "metrics.json").read_text())["test"]
     assert after["accuracy"] == before["accuracy"] and after["confusion_matrix"] == before["confusion_matrix"]
     assert (trained / "explain" / "words.html").is_file()  # the explanations are written again
     assert loads == ["best.ckpt"]  # scoring and explaining share one read of the checkpoint
+    assert len(passes) == 1  # ... and one pass of the model over the split: the explanations reuse its predictions
 
 
 def test_same_seed_same_metrics(trained, tmp_path):

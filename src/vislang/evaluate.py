@@ -52,10 +52,13 @@ def _write_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, class
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
-                 dm: Any = None, light: bool = False, loaded: tuple[Any, dict[str, Any], Any] | None = None) -> dict[str, Any]:
+                 dm: Any = None, light: bool = False, loaded: tuple[Any, dict[str, Any], Any] | None = None,
+                 outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """Score the run's checkpoint on ``splits``; update metrics.json, predictions and plots
     (``light``: numbers only, no plots: sweep trials). ``loaded``: the run's ``load_run(run_dir, checkpoint,
-    device=None)`` when the caller already holds it (the checkpoint is then not read a second time)."""
+    device=None)`` when the caller already holds it (the checkpoint is then not read a second time).
+    ``outputs``: a dict that receives each split's ``(probs, targets)``, for callers that use the predictions
+    again (the text explanations) instead of predicting the split a second time."""
     from vislang.tasks import task_spec
 
     run_dir = Path(run_dir)
@@ -73,6 +76,8 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
         if split not in dm.split_sizes:
             raise VislangError(f"Split '{split}' does not exist in this dataset; it has: {', '.join(dm.split_sizes)}.")
         probs, targets = predict_split(task, dm.dataloader(split))
+        if outputs is not None:
+            outputs[split] = (probs, targets)
         threshold = _split_threshold(run_dir, cfg, split, probs, targets)
         m = classification_metrics(probs, targets, names, top_k=cfg.eval.top_k, threshold=threshold)
         m["checkpoint"] = checkpoint

@@ -145,11 +145,16 @@ def _explain_rows(task: Any, enc: Any, ids: torch.Tensor, lengths: torch.Tensor,
 
 
 def write_explanations(run_dir: Path, task: Any, dm: Any, split: str, n: int = 24, ig_steps: int = 32,
-                       methods: tuple[str, ...] = METHODS, out_dir: Path | None = None) -> Path:
-    """Explain up to ``n`` texts of ``split`` (half correct, half wrong, seeded sample) into explain/words.html."""
+                       methods: tuple[str, ...] = METHODS, out_dir: Path | None = None,
+                       predictions: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """Explain up to ``n`` texts of ``split`` (half correct, half wrong, seeded sample) into explain/words.html.
+    ``predictions``: the split's ``(probs, targets)`` when the caller has just computed them (evaluation);
+    otherwise the split is predicted here."""
     from vislang.evaluate import predict_split
 
-    probs_np, targets = predict_split(task, dm.dataloader(split))  # on the task's device (the GPU after training)
+    if predictions is None:  # on the task's device (the GPU after training)
+        predictions = predict_split(task, dm.dataloader(split))
+    probs_np, targets = predictions
     task = task.cpu()  # the sample is explained on the CPU, where its token tensors are built
     pred = probs_np.argmax(1)
     rng = np.random.default_rng(dm.seed)

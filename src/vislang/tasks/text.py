@@ -241,10 +241,12 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     if dm is None:
         dm = make_datamodule(cfg)
         dm.setup("test")
-    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm, light=light, loaded=loaded)
+    outputs: dict[str, Any] = {}
+    metrics = _evaluate(run_dir, splits, checkpoint=checkpoint, dm=dm, light=light, loaded=loaded, outputs=outputs)
     split = (splits or [cfg.eval.split])[-1]
     if cfg.eval.explain and split in dm.split_sizes and not light:
-        write_explanations(run_dir, task, dm, split, n=cfg.eval.explain, ig_steps=cfg.eval.ig_steps)
+        write_explanations(run_dir, task, dm, split, n=cfg.eval.explain, ig_steps=cfg.eval.ig_steps,
+                           predictions=outputs.get(split))
     return metrics
 
 
