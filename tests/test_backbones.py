@@ -137,6 +137,30 @@ def test_frozen_model_head_only_and_cached_feature_input():
     assert model.gradcam_layer is model.backbone.blocks[6]
 
 
+def test_a_frozen_prefix_and_the_rest_give_the_whole_network():
+    # what the prefix cache relies on: the frozen part's output, run through the rest, is what the network gives
+    model = create_model("timm", num_classes=5, backbone="tf_efficientnet_lite0", pretrained=LITE0, freeze="blocks.4",
+                         pooling="avgmax", feature_layers=["blocks.3", "blocks.5"], input_size=64)
+    assert model.prefix_split() == (["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"],
+                                    ["blocks.5", "blocks.6", "conv_head", "bn2"])
+    assert model.prefix_layers() == ["blocks.3"]
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        grid, caught = model.prefix_outputs(x)
+        pooled = torch.cat([caught["blocks.3"].mean((2, 3)), caught["blocks.3"].amax((2, 3))], 1)
+        assert torch.allclose(model(grid, pooled), model(x), atol=1e-5)
+    # a cut inside a block, or a model whose forward_features is no plain chain (a ViT adds position
+    # embeddings between its modules), has no prefix to cache
+    inside = create_model("timm", num_classes=5, backbone="tf_efficientnet_lite0", pretrained=None,
+                          freeze="blocks.4.0.conv_pw", input_size=64)
+    assert inside.prefix_split() is None
+    vit = create_model("timm", num_classes=5, backbone="vit_tiny_patch16_224", pretrained=None, freeze="blocks.3")
+    assert vit.prefix_split() is None
+    resnet = create_model("timm", num_classes=5, backbone="resnet18", pretrained=None, freeze="layer3", input_size=64)
+    assert resnet.prefix_split() == (["conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3"], ["layer4"])
+
+
 def test_preprocess_grayscale_to_rgb_at_model_size():
     _, cfg = load_backbone("tf_efficientnet_lite0", None)
     pre = image_preprocessing(cfg)

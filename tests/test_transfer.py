@@ -111,6 +111,44 @@ def test_feature_layers_give_the_head_mid_level_features_cached_or_not(tmp_path)
 
 
 @pytest.mark.usefixtures("mirror")
+def test_a_backbone_frozen_up_to_a_stage_trains_its_rest_on_the_cached_prefix(tmp_path, caplog):
+    import csv
+
+    from vislang.models.backbones import load_backbone
+
+    # frozen through blocks.5: its output grid is cached, blocks.6 + conv_head + the head train on it; blocks.4's
+    # pooled features come from the cache too, blocks.6's from the trainable part
+    model = {"freeze": "blocks.5", "feature_layers": ["blocks.4", "blocks.6"], "pooling": "avgmax"}
+    before = features.STATS["computed"]
+    runs = [train(config(tmp_path, model=model, data={"prefix_cache": cache}), quiet=True, light=True)
+            for cache in (True, False)]
+    assert features.STATS["computed"] - before == 120 + 50  # train + val, and test: each image once
+    history = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
+    for cached, plain in zip(*history, strict=True):  # the cache serves exactly what the image path computes
+        assert float(cached["train/loss"]) == pytest.approx(float(plain["train/loss"]), abs=2e-3)
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    assert abs(metrics[0]["test"]["accuracy"] - metrics[1]["test"]["accuracy"]) <= 1 / 50
+
+    # the checkpoint is the whole network: the frozen part is the pretrained one, the rest has trained
+    _, _, task = load_run(runs[0])
+    pretrained, _ = load_backbone("tf_efficientnet_lite0", LITE0)
+    mine, theirs = task.model.backbone.state_dict(), pretrained.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs if k.startswith(("conv_stem", "blocks.5")))
+    assert not torch.equal(mine["blocks.6.0.conv_pwl.weight"], theirs["blocks.6.0.conv_pwl.weight"])
+    assert not torch.equal(mine["conv_head.weight"], theirs["conv_head.weight"])
+    # and it scores raw images as the cached grids did
+    assert abs(evaluate_run(runs[0], ["test"])["test"]["accuracy"] - metrics[0]["test"]["accuracy"]) <= 1 / 50
+
+    # a freeze point inside a block cannot be served from a cache: the run says so and trains on images
+    before = features.STATS["computed"]
+    with caplog.at_level("WARNING", logger="vislang"):
+        train(config(tmp_path, model={"freeze": "blocks.5.0.conv_pw"}, data={"prefix_cache": True},
+                     train={"epochs": 1}), quiet=True, light=True)
+    assert features.STATS["computed"] == before
+    assert "data.prefix_cache: off" in caplog.text and "blocks.5.0.conv_pw" in caplog.text
+
+
+@pytest.mark.usefixtures("mirror")
 def test_grayscale_images_fine_tune_an_rgb_backbone(tmp_path):
     cfg = config(tmp_path, data={"dataset": "pneumoniamnist", "channels": 1, "val_fraction": 0.1,
                                  "subset": {"train": 96, "val": 32, "test": 32}, "augment": {"flip": True}},

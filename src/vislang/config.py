@@ -76,6 +76,7 @@ class DataConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     sampler: Literal["shuffle", "balanced"] = Field("shuffle", description="training order: shuffle = a permutation per epoch; balanced = draw with replacement, each class equally likely (imbalanced data)")
     feature_cache: bool = Field(True, description="frozen pretrained backbone (model.freeze: all): compute its features once per image, cache them on disk and train only the head")
+    prefix_cache: bool = Field(False, description="backbone frozen up to a module (model.freeze: blocks.5, layer3): compute the frozen part's output grid once per image and view (data.feature_views), cache it on disk and run only the trainable rest each step; random augmentation is then limited to the cached views, as with the feature cache")
     feature_views: int = Field(1, ge=1, description="feature cache: views cached per training image: the image, then its mirror (augment.flip), then random augmentations from data.augment; each epoch picks one per image")
     cv_folds: int | None = Field(None, ge=2, description="k-fold cross-validation: number of stratified, seeded folds of the train split (vislang cv sets it)")
     cv_fold: int | None = Field(None, ge=0, description="the fold (0 .. cv_folds-1) used as validation; the test split is untouched")

