@@ -149,6 +149,41 @@ def test_a_backbone_frozen_up_to_a_stage_trains_its_rest_on_the_cached_prefix(tm
 
 
 @pytest.mark.usefixtures("mirror")
+def test_a_resumed_frozen_run_trains_on_the_cache_again(tmp_path, monkeypatch):
+    from vislang.models.backbones import PretrainedClassifier
+    from vislang.tasks.classification import ClassificationTask
+
+    class Killed(Exception):
+        pass
+
+    start = ClassificationTask.on_train_epoch_start
+
+    def die_in_epoch_1(self):
+        if self.current_epoch == 1:
+            raise Killed  # after last.ckpt of epoch 0: as if the run were killed here
+        start(self)
+
+    cfg = config(tmp_path, data={"subset": {"train": 64, "test": 32}, "val_fraction": 0.25},
+                 model={"input_size": 32}, train={"epochs": 2})
+    monkeypatch.setattr(ClassificationTask, "on_train_epoch_start", die_in_epoch_1)
+    with pytest.raises(Killed):
+        train(cfg, quiet=True, light=True)
+    monkeypatch.setattr(ClassificationTask, "on_train_epoch_start", start)
+    run = tmp_path / "runs" / "t"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+    images_seen = []
+    forward_features = PretrainedClassifier.forward_features
+    monkeypatch.setattr(PretrainedClassifier, "forward_features",
+                        lambda self, x: images_seen.append(len(x)) or forward_features(self, x))
+    before = features.STATS["computed"]
+    train(cfg, resume=run, quiet=True, light=True)
+    # epoch 1 trained and was validated on the cached features: the backbone saw no image, none was recomputed
+    assert images_seen == [] and features.STATS["computed"] == before
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.usefixtures("mirror")
 def test_grayscale_images_fine_tune_an_rgb_backbone(tmp_path):
     cfg = config(tmp_path, data={"dataset": "pneumoniamnist", "channels": 1, "val_fraction": 0.1,
                                  "subset": {"train": 96, "val": 32, "test": 32}, "augment": {"flip": True}},

@@ -211,6 +211,8 @@ def train(cfg: Any, *, resume: Path | None = None, quiet: bool = False,
         spec.prepare(task, dm)
         if cfg.model.init_from:
             init = init_weights_from(task, cfg.model.init_from)
+    elif hasattr(spec, "prepare_resumed"):
+        spec.prepare_resumed(task, dm)  # the checkpoint holds the weights; a feature cache is served again
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None and not worker:

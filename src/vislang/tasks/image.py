@@ -185,34 +185,49 @@ def check_crop_size(model: torch.nn.Module, transform: Any, cfg: ExperimentConfi
 def prepare(task: ClassificationTask, dm: Any) -> None:
     """Data-dependent initialisation of a new run: pretrained weights (and the frozen-feature cache), or
     fastnet's PCA-whitened stem from a seeded sample."""
-    cfg = task.cfg
     if hasattr(task.model, "load_pretrained"):
-        # a frozen backbone is in eval mode on purpose (its batch-norm statistics stay as pretrained)
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-        task.model.load_pretrained()
-        fixed = task.model.unfreeze_at_epoch is None
-        frozen = task.model.frozen_all and fixed
-        prefix = fixed and cfg.data.prefix_cache and task.model.freeze_spec not in ("all", "none")
-        if prefix and task.model.prefix_split() is None:
-            log.warning("data.prefix_cache: off, training on images. The backbone %s is not a plain chain of "
-                        "modules that model.freeze: %s ends a link of (name a stage such as blocks.5 or layer3), "
-                        "or a model.feature_layers module spans the cut.",
-                        task.model.data_cfg.get("backbone"), task.model.freeze_spec)
-            prefix = False
-        if (frozen and cfg.data.feature_cache) or prefix:
-            from vislang.data.transfer import attach_features
-            from vislang.run import resolve_accelerator, resolve_precision
-
-            accelerator = resolve_accelerator(cfg)
-            attach_features(task.model, dm, tta_flip=cfg.eval.tta_flip, seed=cfg.seed, progress=dm.progress,
-                            splits=["train", "val", cfg.eval.split],  # the splits this run scores
-                            device=accelerator, precision=resolve_precision(cfg, accelerator), prefix=prefix)
-        elif (cfg.data.feature_cache and task.model.frozen_all) or (cfg.data.prefix_cache and not fixed):
-            log.info("feature cache off: the backbone unfreezes at epoch %s", task.model.unfreeze_at_epoch)
+        _pretrained_and_cache(task, dm)
     if hasattr(task.model, "init_whitening"):
         sample = dm.images["train"][torch.randperm(len(dm.images["train"]))[:5000]]
         with torch.no_grad():
             task.model.init_whitening(task.transform(sample, train=False))
+
+
+def prepare_resumed(task: ClassificationTask, dm: Any) -> None:
+    """A resumed run: its checkpoint restores every weight, but a frozen backbone's cached features (or frozen
+    prefix's grids) must be served again, or the resumed epochs would run the frozen part on every image, as
+    slow as training without the cache. They come from the cache (nothing is recomputed); the pretrained weights
+    loaded for a cache miss are the frozen part's own, and the checkpoint then overwrites the rest."""
+    if hasattr(task.model, "load_pretrained"):
+        _pretrained_and_cache(task, dm)
+
+
+def _pretrained_and_cache(task: ClassificationTask, dm: Any) -> None:
+    """Load the pretrained backbone and, when the backbone (or a prefix of it) stays frozen and the config caches
+    it, make ``dm`` serve its cached features."""
+    cfg = task.cfg
+    # a frozen backbone is in eval mode on purpose (its batch-norm statistics stay as pretrained)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    task.model.load_pretrained()
+    fixed = task.model.unfreeze_at_epoch is None
+    frozen = task.model.frozen_all and fixed
+    prefix = fixed and cfg.data.prefix_cache and task.model.freeze_spec not in ("all", "none")
+    if prefix and task.model.prefix_split() is None:
+        log.warning("data.prefix_cache: off, training on images. The backbone %s is not a plain chain of "
+                    "modules that model.freeze: %s ends a link of (name a stage such as blocks.5 or layer3), "
+                    "or a model.feature_layers module spans the cut.",
+                    task.model.data_cfg.get("backbone"), task.model.freeze_spec)
+        prefix = False
+    if (frozen and cfg.data.feature_cache) or prefix:
+        from vislang.data.transfer import attach_features
+        from vislang.run import resolve_accelerator, resolve_precision
+
+        accelerator = resolve_accelerator(cfg)
+        attach_features(task.model, dm, tta_flip=cfg.eval.tta_flip, seed=cfg.seed, progress=dm.progress,
+                        splits=["train", "val", cfg.eval.split],  # the splits this run scores
+                        device=accelerator, precision=resolve_precision(cfg, accelerator), prefix=prefix)
+    elif (cfg.data.feature_cache and task.model.frozen_all) or (cfg.data.prefix_cache and not fixed):
+        log.info("feature cache off: the backbone unfreezes at epoch %s", task.model.unfreeze_at_epoch)
 
 
 def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str = "best",
