@@ -141,9 +141,12 @@ def test_a_frozen_prefix_and_the_rest_give_the_whole_network():
     # what the prefix cache relies on: the frozen part's output, run through the rest, is what the network gives
     model = create_model("timm", num_classes=5, backbone="tf_efficientnet_lite0", pretrained=LITE0, freeze="blocks.4",
                          pooling="avgmax", feature_layers=["blocks.3", "blocks.5"], input_size=64)
+    model.train()
     assert model.prefix_split() == (["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"],
                                     ["blocks.5", "blocks.6", "conv_head", "bn2"])
     assert model.prefix_layers() == ["blocks.3"]
+    # the dry run that found the chain left every module's mode as it was: frozen batch norm stays in eval mode
+    assert not model.backbone.bn1.training and model.backbone.bn2.training
     x = torch.randn(2, 3, 64, 64)
     model.eval()
     with torch.no_grad():
@@ -155,6 +158,8 @@ def test_a_frozen_prefix_and_the_rest_give_the_whole_network():
     inside = create_model("timm", num_classes=5, backbone="tf_efficientnet_lite0", pretrained=None,
                           freeze="blocks.4.0.conv_pw", input_size=64)
     assert inside.prefix_split() is None
+    inside.train()
+    assert inside.prefix_split() is None and not inside.backbone.blocks[3][0].bn1.training
     vit = create_model("timm", num_classes=5, backbone="vit_tiny_patch16_224", pretrained=None, freeze="blocks.3")
     assert vit.prefix_split() is None
     resnet = create_model("timm", num_classes=5, backbone="resnet18", pretrained=None, freeze="layer3", input_size=64)

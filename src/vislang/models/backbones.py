@@ -27,7 +27,8 @@ import importlib
 import importlib.metadata
 import importlib.util
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -459,18 +460,37 @@ def _stage_names(modules: dict[str, nn.Module]) -> list[str]:
     return [n for n, m in modules.items() if n and n.count(".") <= 1 and any(True for _ in m.parameters())]
 
 
-def _forward_catching(backbone: nn.Module, layers: list[str], x: Tensor) -> tuple[Tensor, dict[str, Any]]:
-    """``backbone.forward_features(x)`` and the outputs of the modules named ``layers`` on the way, caught with
-    forward hooks (which works for any timm architecture; timm's ``forward_intermediates`` covers only some).
-    A module the pass does not run is absent from the dict."""
+@contextmanager
+def _catching(backbone: nn.Module, layers: list[str]) -> Iterator[dict[str, Any]]:
+    """A dict that receives the outputs of the backbone modules named ``layers`` (forward hooks) while inside."""
     caught: dict[str, Any] = {}
     handles = [backbone.get_submodule(name).register_forward_hook(
         lambda _m, _i, out, name=name: caught.__setitem__(name, out)) for name in layers]
     try:
-        return backbone.forward_features(x), caught
+        yield caught
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def _modes_kept(module: nn.Module) -> Iterator[None]:
+    """Every submodule's train/eval mode as it was on the way in (``module.train(mode)`` would set them all alike,
+    undoing the eval mode of frozen batch-norm layers)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _forward_catching(backbone: nn.Module, layers: list[str], x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """``backbone.forward_features(x)`` and the outputs of the modules named ``layers`` on the way, caught with
+    forward hooks (which works for any timm architecture; timm's ``forward_intermediates`` covers only some).
+    A module the pass does not run is absent from the dict."""
+    with _catching(backbone, layers) as caught:
+        return backbone.forward_features(x), caught
 
 
 def split_chain(backbone: nn.Module, spec: str, input_size: Sequence[int] = (3, 64, 64)
@@ -498,9 +518,8 @@ def split_chain(backbone: nn.Module, spec: str, input_size: Sequence[int] = (3, 
                 break
     called: list[str] = []
     handles = [m.register_forward_pre_hook(lambda _m, _i, name=name: called.append(name)) for name, m in chain]
-    was_training = backbone.training
     try:
-        with torch.no_grad(), torch.random.fork_rng():
+        with torch.no_grad(), torch.random.fork_rng(), _modes_kept(backbone):
             torch.manual_seed(0)
             x = torch.randn(2, *input_size)
             try:
@@ -519,7 +538,6 @@ def split_chain(backbone: nn.Module, spec: str, input_size: Sequence[int] = (3, 
     finally:
         for handle in handles:
             handle.remove()
-        backbone.train(was_training)
     if not isinstance(reference, Tensor) or y.shape != reference.shape or not torch.allclose(y, reference, rtol=1e-3,
                                                                                             atol=1e-4):
         return None
@@ -535,16 +553,10 @@ def _link_of(layer: str, links: list[str]) -> str | None:
 def _run_catching(backbone: nn.Module, links: list[str], layers: list[str], x: Tensor) -> tuple[Tensor, dict[str, Any]]:
     """Run the backbone modules named ``links`` one after the other on ``x``, catching the outputs of the modules
     named ``layers`` (inside those links) with forward hooks."""
-    caught: dict[str, Any] = {}
-    handles = [backbone.get_submodule(name).register_forward_hook(
-        lambda _m, _i, out, name=name: caught.__setitem__(name, out)) for name in layers]
-    try:
+    with _catching(backbone, layers) as caught:
         for name in links:
             x = backbone.get_submodule(name)(x)
         return x, caught
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _check_feature_layers(backbone: nn.Module, layers: list[str], name: str) -> list[str]:
@@ -566,13 +578,8 @@ def _layer_channels(backbone: nn.Module, layers: list[str], data_cfg: dict[str, 
     """Channels of each layer's output, from one small dry run (module types alone do not tell them)."""
     if not layers:
         return []
-    was_training = backbone.training
-    try:
-        with torch.no_grad(), torch.random.fork_rng():
-            _, caught = _forward_catching(backbone.eval(), layers,
-                                          torch.zeros(1, int(data_cfg["input_size"][0]), 64, 64))
-    finally:
-        backbone.train(was_training)
+    with torch.no_grad(), torch.random.fork_rng(), _modes_kept(backbone):
+        _, caught = _forward_catching(backbone.eval(), layers, torch.zeros(1, int(data_cfg["input_size"][0]), 64, 64))
     out = []
     for n in layers:
         grid = caught.get(n)
