@@ -241,6 +241,12 @@ def _pooling_parts(model: nn.Module) -> list[str]:
     return {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
 
 
+def _tensor(array: np.ndarray) -> Tensor:
+    """A cached output as a tensor: copied only when it is a read-only memmap (one stored chunk); arrays that
+    :func:`cached_features` already gathered into RAM are used as they are (a frozen prefix's grids are GBs)."""
+    return torch.from_numpy(array if array.flags.writeable else np.array(array))
+
+
 def split_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
                    aug: AugmentConfig, seed: int, desc: str, progress: bool = True,
                    batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "auto") -> Tensor:
@@ -264,9 +270,8 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
                            progress=progress, batch_size=batch_size, device=torch.device(device),
                            precision=precision)
     parts = _pooling_parts(model)
-    # in forward_features' order: each source's pooling(s); copies, as memmaps are read-only
-    return torch.stack([torch.cat([torch.from_numpy(np.array(p[k + suffix])) for suffix in sources for k in parts], 1)
-                        for p in pooled], 1)
+    # in forward_features' order: each source's pooling(s)
+    return torch.stack([torch.cat([_tensor(p[k + suffix]) for suffix in sources for k in parts], 1) for p in pooled], 1)
 
 
 def prefix_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
@@ -291,8 +296,8 @@ def prefix_features(model: nn.Module, images: Tensor, views: list[str], *, prepr
                            progress=progress, batch_size=batch_size, device=torch.device(device),
                            precision=precision)
     parts = _pooling_parts(model)
-    grids = torch.stack([torch.from_numpy(np.array(c["grid"])) for c in cached], 1)
-    pooled = torch.stack([torch.cat([torch.from_numpy(np.array(c[f"{k}@{name}"])) for name in layers for k in parts]
+    grids = torch.stack([_tensor(c["grid"]) for c in cached], 1)
+    pooled = torch.stack([torch.cat([_tensor(c[f"{k}@{name}"]) for name in layers for k in parts]
                                     or [torch.zeros(len(images), 0, dtype=grids.dtype)], 1) for c in cached], 1)
     return grids, pooled
 

@@ -359,9 +359,7 @@ class PretrainedClassifier(ImageClassifier):
         inside the prefix (what the prefix cache stores)."""
         split = self.prefix_split()
         assert split is not None, "the backbone has no frozen prefix to cache"
-        prefix = split[0]
-        layers = [layer for layer in self.feature_layers if _link_of(layer, prefix) is not None]
-        return _run_catching(self.backbone, prefix, layers, x)
+        return _run_catching(self.backbone, split[0], self.prefix_layers(), x)
 
     def prefix_layers(self) -> list[str]:
         """The ``feature_layers`` inside the frozen prefix, in order (their pooled outputs are cached)."""
