@@ -109,6 +109,24 @@ def test_feature_layers_give_the_head_mid_level_features_cached_or_not(tmp_path)
     with pytest.raises(VislangError, match="feature_layers: 'block.4'.*Did you mean 'blocks.4'"):
         train(config(tmp_path, model={"feature_layers": ["block.4"]}), quiet=True)
 
+    # pool_grid: each feature layer's averages over its 2x2 quarters too, cached (under their own key) or not
+    before = features.STATS["computed"]
+    grid = [train(config(tmp_path, model={**layers, "pool_grid": 2}, data={"feature_cache": cache}), quiet=True,
+                  light=True) for cache in (True, False)]
+    assert features.STATS["computed"] > before
+    _, _, task = load_run(grid[0])
+    assert task.model.head[-1].in_features == 2 * 1280 + (2 + 4) * (112 + 192)  # the last grid: avg, max only
+    x = torch.randn(2, 3, 64, 64)
+    feats, (_, block4, _) = task.model.forward_features(x), task.model.forward_grids(x)
+    quarter = block4[:, :, :block4.shape[2] // 2, :block4.shape[3] // 2].mean((2, 3))  # blocks.4's top-left quarter
+    start = 2 * 1280 + 2 * 112
+    assert torch.allclose(feats[:, start:start + 4 * 112:4], quarter, atol=1e-5)
+    history = [list(csv.DictReader((r / "history.csv").open())) for r in grid]
+    for cached, plain in zip(*history, strict=True):
+        assert float(cached["train/loss"]) == pytest.approx(float(plain["train/loss"]), abs=2e-3)
+    with pytest.raises(VislangError, match="pool_grid must be an integer from 0"):
+        train(config(tmp_path, model={"pool_grid": -1}), quiet=True)
+
 
 @pytest.mark.usefixtures("mirror")
 def test_a_backbone_frozen_up_to_a_stage_trains_its_rest_on_the_cached_prefix(tmp_path, caplog):
@@ -118,7 +136,7 @@ def test_a_backbone_frozen_up_to_a_stage_trains_its_rest_on_the_cached_prefix(tm
 
     # frozen through blocks.5: its output grid is cached, blocks.6 + conv_head + the head train on it; blocks.4's
     # pooled features come from the cache too, blocks.6's from the trainable part
-    model = {"freeze": "blocks.5", "feature_layers": ["blocks.4", "blocks.6"], "pooling": "avgmax"}
+    model = {"freeze": "blocks.5", "feature_layers": ["blocks.4", "blocks.6"], "pooling": "avgmax", "pool_grid": 2}
     before = features.STATS["computed"]
     runs = [train(config(tmp_path, model=model, data={"prefix_cache": cache}), quiet=True, light=True)
             for cache in (True, False)]

@@ -230,15 +230,30 @@ def _cached_views(model: nn.Module, images: Tensor, views: list[str], base: dict
     return out
 
 
-def _pooled(grid: Tensor, suffix: str = "") -> dict[str, Tensor]:
+def _pooled(grid: Tensor, suffix: str = "", pool_grid: int = 0) -> dict[str, Tensor]:
     """Average and max pooling of a grid (the ops of timm's SelectAdaptivePool2d), both cached so that changing
-    model.pooling reuses the cache."""
-    return {"avg" + suffix: F.adaptive_avg_pool2d(grid, 1).flatten(1),
-            "max" + suffix: F.adaptive_max_pool2d(grid, 1).flatten(1)}
+    model.pooling reuses the cache; with ``pool_grid`` = g, also the averages over g x g regions (as
+    ``PretrainedClassifier.pooled`` gives them)."""
+    out = {"avg" + suffix: F.adaptive_avg_pool2d(grid, 1).flatten(1),
+           "max" + suffix: F.adaptive_max_pool2d(grid, 1).flatten(1)}
+    if pool_grid:
+        out[f"avg{pool_grid}x{pool_grid}{suffix}"] = F.adaptive_avg_pool2d(grid, pool_grid).flatten(1)
+    return out
 
 
-def _pooling_parts(model: nn.Module) -> list[str]:
-    return {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
+def _pooling_parts(model: nn.Module, regions: bool = True) -> list[str]:
+    """The cached outputs that make up a pooled grid of ``model.forward_features``, in its order (``regions``: with
+    the ``pool_grid`` region averages, which the feature_layers have and the last grid has not)."""
+    parts = {"avg": ["avg"], "max": ["max"], "avgmax": ["avg", "max"]}[getattr(model, "pooling", "avg")]
+    grid = getattr(model, "pool_grid", 0) if regions else 0
+    return parts + ([f"avg{grid}x{grid}"] if grid else [])
+
+
+def _pooling_key(model: nn.Module) -> dict[str, Any]:
+    """What the pooled outputs add to a cache key: nothing without ``pool_grid``, so that those runs keep their
+    existing entries."""
+    grid = getattr(model, "pool_grid", 0)
+    return {"pool_grid": grid} if grid else {}
 
 
 def _tensor(array: np.ndarray) -> Tensor:
@@ -254,7 +269,7 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
     gives them (its ``pooling``: avg, max or avgmax = both concatenated), from the cache. ``precision``
     (the run's training precision) sets the autocast of the pass and, in :func:`cached_features`, keys the
     cache: a bf16 run and an fp32 run never share features."""
-    base = {"kind": "avg+max pooled", **_cache_base(preprocess)}
+    base = {"kind": "avg+max pooled", **_cache_base(preprocess), **_pooling_key(model)}
     layers = list(getattr(model, "feature_layers", []))
     if layers:  # only then: runs without them keep their existing cache entries
         base["layers"] = layers
@@ -262,16 +277,16 @@ def split_features(model: nn.Module, images: Tensor, views: list[str], *, prepro
 
     def run(x: Tensor) -> dict[str, Tensor]:
         result: dict[str, Tensor] = {}
-        for suffix, grid in zip(sources, model.forward_grids(x), strict=True):
-            result.update(_pooled(grid, suffix))
+        for suffix, grid in zip(sources, model.forward_grids(x), strict=True):  # regions: of feature_layers only
+            result.update(_pooled(grid, suffix, getattr(model, "pool_grid", 0) if suffix else 0))
         return result
 
     pooled = _cached_views(model, images, views, base, run, preprocess=preprocess, aug=aug, seed=seed, desc=desc,
                            progress=progress, batch_size=batch_size, device=torch.device(device),
                            precision=precision)
-    parts = _pooling_parts(model)
-    # in forward_features' order: each source's pooling(s)
-    return torch.stack([torch.cat([_tensor(p[k + suffix]) for suffix in sources for k in parts], 1) for p in pooled], 1)
+    # in forward_features' order: each source's pooling(s), the regions for feature_layers
+    keys = [k + suffix for suffix in sources for k in _pooling_parts(model, regions=bool(suffix))]
+    return torch.stack([torch.cat([_tensor(p[k]) for k in keys], 1) for p in pooled], 1)
 
 
 def prefix_features(model: nn.Module, images: Tensor, views: list[str], *, preprocess: dict[str, Any],
@@ -283,13 +298,14 @@ def prefix_features(model: nn.Module, images: Tensor, views: list[str], *, prepr
     split = model.prefix_split()
     assert split is not None, "the model has no frozen prefix to cache"
     layers = model.prefix_layers()
-    base = {"kind": "prefix grid", "upto": split[0][-1], "layers": layers, **_cache_base(preprocess)}
+    base = {"kind": "prefix grid", "upto": split[0][-1], "layers": layers, **_cache_base(preprocess),
+            **(_pooling_key(model) if layers else {})}
 
     def run(x: Tensor) -> dict[str, Tensor]:
         grid, caught = model.prefix_outputs(x)
         result = {"grid": grid}
         for name in layers:
-            result.update(_pooled(caught[name], f"@{name}"))
+            result.update(_pooled(caught[name], f"@{name}", model.pool_grid))
         return result
 
     cached = _cached_views(model, images, views, base, run, preprocess=preprocess, aug=aug, seed=seed, desc=desc,

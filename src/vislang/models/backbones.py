@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -285,27 +286,29 @@ class PretrainedClassifier(ImageClassifier):
     ``[B, num_features]`` (the frozen-feature cache feeds those), so one checkpoint serves both.
     ``head`` holds the hidden layers and the classifier; ``features(x)`` is the pooled backbone output.
     ``feature_layers`` names backbone modules (``blocks.4``, ``layer3`` ...) whose outputs are pooled too and
-    concatenated after the last grid's: multi-scale features for the head.
+    concatenated after the last grid's: multi-scale features for the head. ``pool_grid`` > 0 adds to each of those
+    its average over a ``pool_grid x pool_grid`` grid of regions (where in the image a feature fires).
     """
 
     def __init__(self, backbone: nn.Module, data_cfg: dict[str, Any], num_classes: int, *, pretrained: str | None,
                  pooling: str, hidden: Sequence[int], dropout: float, batch_norm: bool, activation: str,
                  freeze: str, unfreeze_at_epoch: int | None, bn_stats: str = "train",
-                 feature_layers: Sequence[str] = ()) -> None:
+                 feature_layers: Sequence[str] = (), pool_grid: int = 0) -> None:
         from timm.layers import SelectAdaptivePool2d
 
         pool_type = {"avg": "avg", "max": "max", "avgmax": "catavgmax"}[pooling]
         layers = _check_feature_layers(backbone, list(feature_layers), str(data_cfg.get("backbone")))
         layer_channels = _layer_channels(backbone, layers, data_cfg)
         per_channel = 2 if pooling == "avgmax" else 1
-        width = (int(backbone.num_features) + sum(layer_channels)) * per_channel
+        per_layer_channel = per_channel + pool_grid * pool_grid
+        width = int(backbone.num_features) * per_channel + sum(layer_channels) * per_layer_channel
         super().__init__(hidden[-1] if hidden else width, num_classes, dropout)
         self.backbone, self.data_cfg, self.pretrained = backbone, dict(data_cfg), pretrained
         self.pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
         self.hidden = _mlp_layers([width, *hidden], dropout, batch_norm, activation)
         self.unfreeze_at_epoch, self.pooling, self.bn_stats = unfreeze_at_epoch, pooling, bn_stats
-        self.feature_layers = layers
-        self._layer_widths = [c * per_channel for c in layer_channels]
+        self.feature_layers, self.pool_grid = layers, pool_grid
+        self._layer_widths = [c * per_layer_channel for c in layer_channels]
         self._split: tuple[list[str], list[str]] | None = None  # see prefix_split()
         self.freeze_spec = "none"
         self._frozen_bn: list[nn.Module] = []
@@ -317,7 +320,16 @@ class PretrainedClassifier(ImageClassifier):
         the last grid's, then each of ``feature_layers``' in order."""
         if not self.feature_layers:
             return self.pool(self.backbone.forward_features(x))
-        return torch.cat([self.pool(g) for g in self.forward_grids(x)], 1)
+        last, *layers = self.forward_grids(x)
+        return torch.cat([self.pool(last), *(self.pooled(g) for g in layers)], 1)
+
+    def pooled(self, grid: Tensor) -> Tensor:
+        """The grid ``[B, C, h, w]`` of one of ``feature_layers`` pooled as the head sees it ``[B, C * k]``:
+        ``pooling`` over the whole grid, then (``pool_grid`` = g > 0) the average over each of g x g regions,
+        channel-major. The last grid is pooled over the whole of it only (``self.pool``)."""
+        if not self.pool_grid:
+            return self.pool(grid)
+        return torch.cat([self.pool(grid), F.adaptive_avg_pool2d(grid, self.pool_grid).flatten(1)], 1)
 
     def forward_grids(self, x: Tensor) -> list[Tensor]:
         """The backbone's last grid followed by the outputs of ``feature_layers`` (just the grid without them)."""
@@ -378,7 +390,7 @@ class PretrainedClassifier(ImageClassifier):
         parts, offset = [self.pool(last)], 0
         for layer, width in zip(self.feature_layers, self._layer_widths, strict=True):
             if layer in caught:
-                parts.append(self.pool(caught[layer]))
+                parts.append(self.pooled(caught[layer]))
             else:
                 parts.append(prefix_pooled[:, offset:offset + width].to(parts[0].dtype))
                 offset += width
@@ -598,7 +610,7 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
                unfreeze_at_epoch: int | None = None, pooling: str = "avg", hidden: Sequence[int] = (),
                dropout: float = 0.2, batch_norm: bool = False, activation: str = "relu",
                drop_path_rate: float = 0.0, input_size: int | None = None, interpolation: str | None = None,
-               bn_stats: str = "train", feature_layers: Sequence[str] = (),
+               bn_stats: str = "train", feature_layers: Sequence[str] = (), pool_grid: int = 0,
                load_weights: bool = True) -> PretrainedClassifier:
     """Any timm architecture as a classifier: pretrained backbone, pooling and a new head.
 
@@ -626,10 +638,21 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     ``[layer2, layer3]`` for a ResNet) whose outputs are pooled like the last grid's and concatenated after
     them: the head sees mid-level as well as the last layer's features, which transfer better when the
     images are far from ImageNet's (CIFAR's upscaled 32 px ones). Cached with the rest when frozen.
+    ``pool_grid``: 0, or g > 0 to add, for each of ``feature_layers``, its average over g x g regions (g * g more
+    features per channel): a global pool tells the head which mid-level features fire but not where, and a
+    frozen backbone cannot learn to move that into its last layer (see configs/cifar10_effnet_lite0_frozen.yaml).
+    The last grid stays globally pooled; name its module in ``feature_layers`` (``bn2`` for EfficientNet) to
+    have its regions too.
     ``load_weights``: false builds the architecture only (a checkpoint will fill it).
     Inputs are preprocessed with the backbone's own input size, interpolation and mean/std.
     """
     pooling = _choice("pooling", pooling, ["avg", "max", "avgmax"])
+    if not isinstance(pool_grid, int) or isinstance(pool_grid, bool) or not 0 <= pool_grid <= 8:
+        raise VislangError(f"model.pool_grid must be an integer from 0 (off) to 8, not {pool_grid!r}; 2 averages each "
+                           "grid over its 2x2 quarters.")
+    if pool_grid and not feature_layers:
+        logging.getLogger("vislang").warning("model.pool_grid=%d does nothing without model.feature_layers: it averages "
+                                             "their outputs over regions (the last grid is pooled globally)", pool_grid)
     bn_stats = _choice("bn_stats", bn_stats, ["train", "frozen"])
     if in_channels not in (1, 3):
         raise VislangError(f"Pretrained backbones take 1 or 3 channel images, not {in_channels}.")
@@ -642,4 +665,4 @@ def timm_model(num_classes: int, in_channels: int = 3, image_size: tuple[int, in
     return PretrainedClassifier(net, cfg, num_classes, pretrained=pretrained, pooling=pooling, hidden=hidden,
                                 dropout=dropout, batch_norm=batch_norm, activation=activation, freeze=freeze,
                                 unfreeze_at_epoch=unfreeze_at_epoch, bn_stats=bn_stats,
-                                feature_layers=feature_layers or ())
+                                feature_layers=feature_layers or (), pool_grid=pool_grid)
