@@ -117,6 +117,11 @@ class ThroughputBar(EpochThroughput, TQDMProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        # the running training loss of this epoch (the classification tasks log theirs once per epoch)
+        train_loss = getattr(pl_module, "train_loss", None)
+        running = train_loss.running() if trainer.training and hasattr(train_loss, "running") else None
+        if running is not None:
+            items["loss"] = f"{running:.4g}"
         if self.rate:
             items[self.unit] = f"{self.rate:.0f}"
         return items
