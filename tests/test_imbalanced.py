@@ -15,7 +15,7 @@ from vislang.config import build_config
 from vislang.data.sampling import BalancedBatchSampler
 from vislang.data.transfer import TransferDataModule
 from vislang.errors import VislangError
-from vislang.evaluate import run_threshold
+from vislang.evaluate import evaluate_run, run_threshold
 from vislang.metrics.classification import classification_metrics, tune_threshold
 from vislang.run import train
 from vislang.tasks.classification import class_weights_tensor
@@ -94,3 +94,11 @@ def test_pneumonia_with_class_weights_threshold_and_macro_f1(tmp_path):
     console = Console(record=True, width=200)
     predict_cli(run, [xray], texts=[], top_k=2, beam=1, console=console)
     assert f"decision at threshold {tuned['threshold']:.3f}" in console.export_text()
+
+    # another checkpoint gets a threshold tuned on its own val predictions, not the one tuned for best
+    assert tuned["checkpoint"] == "best" and set(tuned["by_checkpoint"]) == {"best"}
+    last_test = evaluate_run(run, splits=["test"], checkpoint="last", light=True)["test"]
+    t_last = run_threshold(run, "last")
+    assert last_test["threshold"] == t_last != tuned["threshold"]
+    assert evaluate_run(run, splits=["val"], checkpoint="last", light=True)["val"]["threshold"] == t_last
+    assert run_threshold(run) == run_threshold(run, "best") == tuned["threshold"]  # predict: the run's own

@@ -78,7 +78,7 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
         probs, targets = predict_split(task, dm.dataloader(split))
         if outputs is not None:
             outputs[split] = (probs, targets)
-        threshold = _split_threshold(run_dir, cfg, split, probs, targets)
+        threshold = _split_threshold(run_dir, cfg, split, probs, targets, checkpoint, task, dm)
         m = classification_metrics(probs, targets, names, top_k=cfg.eval.top_k, threshold=threshold)
         m["checkpoint"] = checkpoint
         all_metrics[split] = m
@@ -102,32 +102,64 @@ def evaluate_run(run_dir: Path, splits: list[str] | None = None, checkpoint: str
     return all_metrics
 
 
-def _split_threshold(run_dir: Path, cfg: Any, split: str, probs: np.ndarray, targets: np.ndarray) -> float | None:
-    """The binary decision threshold for ``split`` (``eval.threshold``): tuned on val (and saved in the run's
-    threshold.json), read back for other splits, or fixed; None = argmax."""
-    from vislang.metrics.classification import tune_threshold
-
+def _split_threshold(run_dir: Path, cfg: Any, split: str, probs: np.ndarray, targets: np.ndarray,
+                     checkpoint: str, task: Any, dm: Any) -> float | None:
+    """The binary decision threshold for ``split`` (``eval.threshold``): tuned on val's predictions by the
+    checkpoint being scored (and saved in the run's threshold.json, per checkpoint), read back for other
+    splits, or fixed; None = argmax. Scoring another split with a checkpoint whose threshold was never tuned
+    (``vislang evaluate RUN --checkpoint last`` after a run evaluated on ``best``) predicts val first: a
+    threshold tuned on one checkpoint's probabilities does not carry to another's."""
     method = getattr(cfg.eval, "threshold", None)
     if method is None or probs.shape[1] != 2:
         return None
     if not isinstance(method, str):
         return float(method)
-    if split == "val" and len(np.unique(targets)) == 2:
-        t, score = tune_threshold(probs[:, 1], targets, method)
-        atomic_write_json(run_dir / "threshold.json", {"threshold": t, "method": method, f"val_{method}": score})
-        return t
-    return run_threshold(run_dir)
+    if split == "val":
+        return _tune_threshold(run_dir, method, checkpoint, probs, targets)
+    t = run_threshold(run_dir, checkpoint)
+    if t is None and "val" in dm.split_sizes:
+        val_probs, val_targets = predict_split(task, dm.dataloader("val"))
+        t = _tune_threshold(run_dir, method, checkpoint, val_probs, val_targets)
+    return t
 
 
-def run_threshold(run_dir: Path) -> float | None:
-    """The decision threshold a binary run applies (fixed in its config, or tuned on val), or None."""
+def _tune_threshold(run_dir: Path, method: str, checkpoint: str, probs: np.ndarray,
+                    targets: np.ndarray) -> float | None:
+    """Tune ``method`` on val's ``probs`` and record it in threshold.json under ``checkpoint``."""
+    from vislang.metrics.classification import tune_threshold
+
+    if len(np.unique(targets)) != 2:
+        return run_threshold(run_dir, checkpoint)
+    t, score = tune_threshold(probs[:, 1], targets, method)
+    path = run_dir / "threshold.json"
+    saved = read_json(path) if path.is_file() else {}
+    by_checkpoint = saved.get("by_checkpoint", {}) if saved.get("method") == method else {}
+    by_checkpoint[checkpoint] = {"threshold": t, f"val_{method}": score}
+    # the top-level fields are the latest tuning (what threshold.json held before it kept one per checkpoint)
+    atomic_write_json(path, {"threshold": t, "method": method, f"val_{method}": score, "checkpoint": checkpoint,
+                             "by_checkpoint": by_checkpoint})
+    return t
+
+
+def run_threshold(run_dir: Path, checkpoint: str | None = None) -> float | None:
+    """The decision threshold a binary run applies with ``checkpoint`` (default: the one the run is evaluated
+    with, ``eval.checkpoint``): fixed in its config, or tuned on val's predictions by that checkpoint; None
+    when there is none (argmax)."""
     from vislang.config import load_config
 
-    method = getattr(load_config(Path(run_dir) / "config.yaml").eval, "threshold", None)
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    method = getattr(cfg.eval, "threshold", None)
     if method is None or not isinstance(method, str):
         return None if method is None else float(method)
     path = Path(run_dir) / "threshold.json"
-    return float(read_json(path)["threshold"]) if path.is_file() else None
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    by_checkpoint = saved.get("by_checkpoint")
+    if by_checkpoint is None:  # written before thresholds were kept per checkpoint: the run's own
+        return float(saved["threshold"])
+    entry = by_checkpoint.get(checkpoint or cfg.eval.checkpoint)
+    return float(entry["threshold"]) if entry else None
 
 
 def load_image_files(paths: list[Path], input_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -150,7 +182,7 @@ def predict_files(run_dir: Path, paths: list[Path], top_k: int = 5) -> list[list
     for p in paths:
         if not Path(p).is_file():
             raise VislangError(f"Image {p} does not exist.")
-    _, info, task = load_run(Path(run_dir))
+    _, info, task = load_run(Path(run_dir), None)  # the checkpoint the run's metrics (and threshold) are for
     x = task.transform(load_image_files(paths, tuple(info["input_shape"])), train=False)
     with inference_autocast(task.cfg, next(task.parameters()).device):
         probs = task.predict_proba(x)

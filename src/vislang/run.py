@@ -308,14 +308,16 @@ def init_weights_from(task: L.LightningModule, source: str | Path) -> dict[str, 
     return {"checkpoint": str(ckpt), "loaded": len(loaded), "fresh": fresh}
 
 
-def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = "cpu") -> tuple[Any, dict[str, Any], L.LightningModule]:
+def load_run(run_dir: Path, checkpoint: str | None = "best", device: str | None = "cpu") -> tuple[Any, dict[str, Any], L.LightningModule]:
     """Config, data facts and the trained task (in eval mode) of a run directory, on ``device``: the CPU by
     default, or with ``None`` the device the run's config trains on (``train.accelerator``; ``auto`` = CUDA,
-    then MPS, then the CPU), so that scoring a split on a GPU machine does not fall back to the CPU."""
+    then MPS, then the CPU), so that scoring a split on a GPU machine does not fall back to the CPU.
+    ``checkpoint``: best, last, or None = the one the run is evaluated with (``eval.checkpoint``)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VislangError(f"Run directory {run_dir} does not exist.")
     cfg = load_config(run_dir / "config.yaml")
+    checkpoint = checkpoint or cfg.eval.checkpoint
     info = read_json(run_dir / "data.json")
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     if not ckpt.is_file():

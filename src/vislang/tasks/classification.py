@@ -59,15 +59,16 @@ class WeightedMean(Metric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        # float32 as Lightning's own running means (MPS has no float64)
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, value: torch.Tensor, n: int) -> None:
-        self.total += value.detach().double() * n
+        self.total += value.detach().float() * n
         self.count += n
 
     def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
+        return self.total / self.count.clamp(min=1)
 
     def running(self) -> float | None:
         """This process's mean so far, without syncing processes (for a progress bar)."""

@@ -258,7 +258,7 @@ def predict_texts(run_dir: Path, texts: list[str], top_k: int = 5, top_words: in
     from vislang.explain.text import explain_batch
     from vislang.run import load_run
 
-    _, info, task = load_run(Path(run_dir))
+    _, info, task = load_run(Path(run_dir), None)  # the checkpoint the run's metrics are for
     enc = encoder_from_info(info)
     ids, lengths = TokenStore(enc.encode(texts), enc.pad_id).gather(torch.arange(len(texts)))
     with torch.no_grad():
