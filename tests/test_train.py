@@ -293,3 +293,26 @@ def test_training_processes_keep_freed_tensor_memory_instead_of_faulting_it_in_e
     # gradients and fault them in again every step (6,000-12,000 page faults a step here); tuned, it reuses its heap (0 here, at most a few hundred)
     assert tuned_state == "tuned"
     assert tuned_faults * 4 < default_faults, (tuned_faults, default_faults)
+
+
+def test_epoch_loss_is_the_batch_weighted_mean_of_the_step_losses(tmp_path, monkeypatch):
+    """history.csv's train/loss is the mean over the epoch's images: a short last batch weighs less."""
+    from vislang.tasks.classification import ClassificationTask
+
+    steps: list[tuple[int, float, int]] = []
+    training_step = ClassificationTask.training_step
+
+    def spy(self, batch, batch_idx):
+        loss = training_step(self, batch, batch_idx)
+        steps.append((self.current_epoch, float(loss), len(batch[1])))
+        return loss
+
+    monkeypatch.setattr(ClassificationTask, "training_step", spy)
+    result = runner.invoke(app, ["train", str(write_config(tmp_path)), "--light", "--set", "data.batch_size=80"])
+    assert result.exit_code == 0, result.output
+    rows = history(tmp_path / "runs" / "small")
+    for epoch, row in enumerate(rows):
+        mine = [(loss, n) for e, loss, n in steps if e == epoch]
+        assert sorted({n for _, n in mine}) == [60, 80]  # 540 training images: 6 full batches and one of 60
+        expected = sum(loss * n for loss, n in mine) / sum(n for _, n in mine)
+        assert float(row["train/loss"]) == pytest.approx(expected, abs=2e-6)
