@@ -92,6 +92,7 @@ class ClassificationTask(L.LightningModule):
         self.transform = transform
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.train_loss, self.val_loss = WeightedMean(), WeightedMean()
+        self._train_logged = self._val_logged = False  # handed to self.log yet this epoch (reset at its start)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
@@ -160,7 +161,7 @@ class ClassificationTask(L.LightningModule):
         loss = self.loss(logits, y)
         self.train_loss.update(loss, len(y))
         self.train_acc.update(logits.detach(), y)
-        if not getattr(self, "_train_logged", False):
+        if not self._train_logged:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
             self._train_logged = True
@@ -176,7 +177,7 @@ class ClassificationTask(L.LightningModule):
         self.val_f1.update(logits, y)
         if self.val_top5 is not None:
             self.val_top5.update(logits, y)
-        if not getattr(self, "_val_logged", False):
+        if not self._val_logged:
             self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
             self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
             self.log("val/f1_macro", self.val_f1, on_epoch=True)
