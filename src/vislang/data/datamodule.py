@@ -44,6 +44,16 @@ def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
     return np.sort(np.concatenate(picked))
 
 
+def take(t: torch.Tensor, index: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
+    """``t[index]`` along dim 0, through ``index_select`` when ``index`` is an integer tensor: the same
+    rows, but on the CPU a row-wise copy, ~5x faster than advanced indexing's per-element kernel
+    (0.06 vs 0.32 ms for a batch of 256 CIFAR images; that difference is ~1% of an MLP training step)."""
+    if isinstance(index, torch.Tensor) and index.dim() == 1 and not index.is_floating_point() \
+            and index.dtype != torch.bool:
+        return t.index_select(0, index.to(device=t.device, dtype=torch.long))
+    return t[index]
+
+
 def _rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
@@ -55,7 +65,7 @@ class BatchDataset(Dataset):
         self.images, self.labels = images, labels
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        return take(self.images, index), take(self.labels, index)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -76,7 +86,7 @@ class AlternatingFlipDataset(BatchDataset):
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = super().__getitem__(index)
-        mirror = self.side[index] ^ bool(self.sampler.epoch % 2)
+        mirror = take(self.side, index) ^ bool(self.sampler.epoch % 2)
         images = torch.where(mirror.view(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
         return images, labels
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vislang.config import AugmentConfig, DataConfig
 from vislang.data.augment import BatchTransform
-from vislang.data.datamodule import BatchIndexSampler, ImageDataModule, _rng, stratified_sample
+from vislang.data.datamodule import BatchIndexSampler, ImageDataModule, _rng, stratified_sample, take
 from vislang.data.features import cached_features
 from vislang.data.sampling import BalancedBatchSampler
 from vislang.errors import VislangError
@@ -90,15 +90,16 @@ class FeatureBatchDataset(Dataset):
         view = torch.randint(n_views, (len(index),)) if self.pick_view and n_views > 1 else None
         out = []
         for part in self.parts:
-            feats = part[index]
-            if view is not None:
-                feats = feats[torch.arange(len(index)), view]
+            if view is not None and part.is_contiguous():  # rows of the [N*V, ...] view: one row-wise copy
+                feats = take(part.flatten(0, 1), torch.as_tensor(index) * n_views + view)
+            elif view is not None:
+                feats = take(part, index)[torch.arange(len(index)), view]
             elif self.views == 1 or self.pick_view:
-                feats = feats[:, 0]
+                feats = take(part[:, 0], index)
             else:
-                feats = feats[:, :self.views]
+                feats = take(part[:, :self.views], index)
             out.append(feats.float())
-        return (out[0] if self.single else tuple(out)), self.labels[index]
+        return (out[0] if self.single else tuple(out)), take(self.labels, index)
 
     def __len__(self) -> int:
         return len(self.labels)
