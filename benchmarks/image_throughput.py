@@ -19,7 +19,7 @@ freed tensor memory instead of unmapping it, ~1.5x on the MLP's step here), so t
 of the same arithmetic. A real notebook runs with the default allocator and is slower than "plain"
 here: the ratios against it are conservative.
 
-Run:  python benchmarks/image_throughput.py [--images 10000] [--models mlp,cnn,fast]
+Run:  python benchmarks/image_throughput.py [--images 10000] [--models mlp,cnn,fast] [--rounds 2]
 Needs VISLANG_MIRROR (e.g. ../shared/data) or a network connection for CIFAR-10.
 """
 
@@ -41,7 +41,8 @@ from vislang.system import tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each path is measured over REPEATS epochs (after a warm-up) and reports its best: shared 2-core
-# machines vary by 2x from minute to minute, and the best run is the one least disturbed.
+# machines vary by 2x from minute to minute, and the best run is the one least disturbed. vislang and
+# compute-only alternate over --rounds rounds of that (main), so a slow spell does not skew their ratio.
 REPEATS = 3
 RECIPES = {"mlp": "cifar10_mlp.yaml", "cnn": "cifar10_cnn.yaml", "fast": "cifar10_fast.yaml"}
 
@@ -149,8 +150,11 @@ def cifar_train_dir() -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=10000, help="training images per measured epoch")
+    ap.add_argument("--rounds", type=int, default=2, help="vislang / compute-only measurements, alternated")
     ap.add_argument("--models", default="mlp,cnn,fast", help=f"comma-separated, of: {','.join(RECIPES)}")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds: at least 1")
     unknown = [k for k in args.models.split(",") if k not in RECIPES]
     if unknown:
         ap.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)} (comma-separated)")
@@ -161,10 +165,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
             cfg = load_config(ROOT / "configs" / RECIPES[key])
-            v = vislang_rate(cfg, args.images, Path(tmp))
+            # vislang and its limit are measured back to back, ``--rounds`` times, each keeping its best: a
+            # quiet or busy spell of the shared host then falls on both rather than on one of them
+            v = c = 0.0
+            for _ in range(args.rounds):
+                v = max(v, vislang_rate(cfg, args.images, Path(tmp)))
+                c = max(c, compute_only(cfg, args.images))
             p = plain_pytorch(cfg, train_dir, args.images, matched=False)
             pm = plain_pytorch(cfg, train_dir, args.images, matched=True)
-            c = compute_only(cfg, args.images)
             rows.append((key, cfg.data.batch_size, resolve_precision(cfg, "cpu"), v, p, pm, c))
             print(f"  {key}: vislang {v:.0f}  plain {p:.0f}  plain+ {pm:.0f}  compute-only {c:.0f} images/s",
                   flush=True)
