@@ -260,3 +260,26 @@ def test_image_folder_of_any_sizes_and_one_class_error(tmp_path):
     cfg = config(tmp_path, data={"dataset": "image_folder", "path": str(lonely), "subset": {}})
     with pytest.raises(VislangError, match=r"single class \('red'\).*at least two"):
         train(cfg, quiet=True)
+
+
+def test_cached_feature_batches_pick_one_view_per_image_the_same_in_every_part():
+    """Training on the cache draws one augmentation view per image (the same view of the pooled features
+    and of the grid), evaluation serves all views; gathered rows are exactly the cached ones."""
+    from vislang.data.transfer import FeatureBatchDataset
+
+    n, views = 40, 3
+    pooled = torch.arange(n * views * 5, dtype=torch.float16).reshape(n, views, 5)
+    grid = -torch.arange(n * views * 8, dtype=torch.float16).reshape(n, views, 2, 2, 2)
+    grid = grid.transpose(3, 4).contiguous().transpose(3, 4)  # a non-contiguous part takes the other path
+    labels = torch.arange(n) % 7
+    index = torch.tensor([5, 0, 39, 17, 17, 2])
+    torch.manual_seed(0)
+    (p, g), y = FeatureBatchDataset((pooled, grid), labels, pick_view=True)[index]
+    assert torch.equal(y, labels[index]) and p.dtype == g.dtype == torch.float32
+    picked = [next(v for v in range(views) if torch.equal(p[i], pooled[k, v].float())) for i, k in enumerate(index)]
+    assert all(torch.equal(g[i], grid[k, v].float()) for i, (k, v) in enumerate(zip(index, picked, strict=True)))
+    assert len(set(picked)) > 1  # views are drawn per image, not per batch
+    (p, g), _ = FeatureBatchDataset((pooled, grid), labels, pick_view=False)[index]
+    assert torch.equal(p, pooled[index].float()) and torch.equal(g, grid[index].float())
+    p1, _ = FeatureBatchDataset(pooled, labels, pick_view=False, views=1)[index]
+    assert torch.equal(p1, pooled[index, 0].float())
