@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vislang.data.captions import CaptionSplit, Vocab, encode_captions, load_word_vectors
-from vislang.data.datamodule import BatchIndexSampler
+from vislang.data.datamodule import BatchIndexSampler, take
 from vislang.data.images import ImageSplit
 from vislang.data.registry import create_dataset
 from vislang.data.store import decode_split, skipped_files
@@ -71,14 +71,14 @@ class CaptionBatches(Dataset):
             if self.flipped is not None:  # random horizontal flip of each image: its flipped features
                 pick = torch.rand(len(index)) < 0.5
                 fp, fg = self.flipped
-                pooled = torch.where(pick[:, None], fp[index], pooled[index])
-                grid = torch.where(pick[:, None, None], fg[index], grid[index])
+                pooled = torch.where(pick[:, None], take(fp, index), take(pooled, index))
+                grid = torch.where(pick[:, None, None], take(fg, index), take(grid, index))
                 return pooled, grid
-            return pooled[index], grid[index]
-        return self.inputs[index]
+            return take(pooled, index), take(grid, index)
+        return take(self.inputs, index)
 
     def __getitem__(self, index: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        counts = self.counts[index]
+        counts = take(self.counts, index)
         if self.k == self.tokens.shape[1] and bool((counts == self.k).all()):
             which = torch.arange(self.k).expand(len(index), -1)
         else:  # K captions per image drawn from the ones it has
